@@ -9,6 +9,6 @@ __version__ = "0.1.0"
 
 def __getattr__(name):
     if name == "ShotStream":
-      from shotstream_jax.pipeline import ShotStream
-      return ShotStream
+        from shotstream_jax.pipeline import ShotStream
+        return ShotStream
     raise AttributeError(f"module 'shotstream_jax' has no attribute {name!r}")
