@@ -145,8 +145,8 @@ def fill_module(module_fn: Callable[[], nnx.Module], arrays: Mapping[str, np.nda
     unknown = sorted(set(arrays) - set(wanted))
     bad_shape = []
     for name, (path, var) in wanted.items():
-        if name in arrays and tuple(arrays[name].shape) != tuple(var.value.shape):
-            bad_shape.append(f"{name}: checkpoint {tuple(arrays[name].shape)} vs model {tuple(var.value.shape)}")
+        if name in arrays and tuple(arrays[name].shape) != tuple(var.get_value().shape):
+            bad_shape.append(f"{name}: checkpoint {tuple(arrays[name].shape)} vs model {tuple(var.get_value().shape)}")
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing: {_list_head(missing)}")
@@ -158,6 +158,6 @@ def fill_module(module_fn: Callable[[], nnx.Module], arrays: Mapping[str, np.nda
         raise CheckpointError(src, "does not match the model; " + "; ".join(problems))
     leaves = []
     for name, (path, var) in wanted.items():
-        leaves.append((path, var.replace(jax.numpy.asarray(arrays[name], dtype=var.value.dtype))))
+        leaves.append((path, var.replace(jax.numpy.asarray(arrays[name], dtype=var.get_value().dtype))))
     state = nnx.from_flat_state(leaves)
     return nnx.merge(graphdef, state)
