@@ -1,0 +1,128 @@
+"""WanDiT against diffusers' WanTransformer3DModel (PyTorch), both checkpoint layouts."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from shotstream_jax import convert
+from shotstream_jax.convert import CheckpointError
+from tests.torch_refs import nchw_video, tiny_wan_transformer, to_numpy, to_original_wan_state
+
+B, F, H, W = 2, 3, 8, 12
+
+
+@pytest.fixture(scope="module")
+def torch_model():
+    return tiny_wan_transformer()
+
+
+@pytest.fixture(scope="module")
+def ckpt_dirs(tmp_path_factory, torch_model):
+    root = tmp_path_factory.mktemp("wan")
+    diff = root / "diffusers"
+    torch_model.save_pretrained(diff)
+    orig = root / "original"
+    orig.mkdir()
+    torch.save(to_original_wan_state(torch_model), orig / "wan_dit.pth")
+    with open(orig / "config.json", "w") as f:  # the original release ships a config.json like this
+        json.dump({"model_type": "t2v", "dim": 64, "ffn_dim": 128, "num_heads": 2, "num_layers": 2,
+                   "freq_dim": 32, "in_dim": 16, "out_dim": 16, "text_len": 512, "eps": 1e-6}, f)
+    return {"diffusers": str(diff), "original": str(orig / "wan_dit.pth")}
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((B, F, H, W, 16)).astype(np.float32)
+    text = rng.standard_normal((B, 16, 32)).astype(np.float32)
+    return x, text
+
+
+def torch_forward(model, x, t, text):
+    """t: [B] or [B, F]; diffusers takes per-token timesteps [B, tokens] for the latter."""
+    tt = torch.from_numpy(t)
+    if t.ndim == 2:
+        tt = tt.repeat_interleave((H // 2) * (W // 2), dim=1)
+    with torch.no_grad():
+        out = model(nchw_video(x), tt, torch.from_numpy(text), return_dict=False)[0]
+    return to_numpy(out).transpose(0, 2, 3, 4, 1)
+
+
+@pytest.mark.parametrize("layout", ["diffusers", "original"])
+@pytest.mark.parametrize("per_frame", [False, True])
+def test_matches_diffusers(torch_model, ckpt_dirs, inputs, layout, per_frame):
+    x, text = inputs
+    t = np.array([[999.0, 500.0, 3.0], [250.0, 250.0, 760.0]], np.float32) if per_frame \
+        else np.array([731.0, 12.0], np.float32)
+    ref = torch_forward(torch_model, x, t, text)
+    dit = convert.load_wan_dit(ckpt_dirs[layout])
+    out = np.asarray(jax.jit(lambda a, b, c: dit(a, b, c))(x, t, text))
+    scale = np.abs(ref).max()
+    assert np.abs(out - ref).max() < 1e-4 * scale
+
+
+def test_bf16_close_to_f32(ckpt_dirs, inputs):
+    x, text = inputs
+    t = np.array([600.0, 100.0], np.float32)
+    f32 = np.asarray(convert.load_wan_dit(ckpt_dirs["diffusers"])(x, t, text))
+    bf16 = convert.load_wan_dit(ckpt_dirs["diffusers"], dtype="bfloat16", param_dtype="bfloat16")
+    out = np.asarray(bf16(jnp.asarray(x), t, jnp.asarray(text)))
+    rel = np.linalg.norm(out - f32) / np.linalg.norm(f32)
+    assert rel < 3e-2, rel
+
+
+def test_sharded_index_and_single_file(tmp_path, torch_model, inputs):
+    sd = {k: v.contiguous() for k, v in torch_model.state_dict().items()}
+    keys = sorted(sd)
+    half = len(keys) // 2
+    shards = {"model-00001-of-00002.safetensors": keys[:half], "model-00002-of-00002.safetensors": keys[half:]}
+    weight_map = {}
+    for name, ks in shards.items():
+        save_file({k: sd[k] for k in ks}, str(tmp_path / name))
+        weight_map.update({k: name for k in ks})
+    with open(tmp_path / "model.safetensors.index.json", "w") as f:
+        json.dump({"metadata": {}, "weight_map": weight_map}, f)
+    x, text = inputs
+    t = np.array([400.0, 400.0], np.float32)
+    ref = torch_forward(torch_model, x, t, text)
+    for p in (str(tmp_path / "model.safetensors.index.json"), str(tmp_path)):
+        out = np.asarray(convert.load_wan_dit(p, num_heads=2)(x, t, text))
+        assert np.abs(out - ref).max() < 1e-4 * np.abs(ref).max()
+
+
+def test_bad_checkpoints(tmp_path, torch_model):
+    sd = to_original_wan_state(torch_model)
+    broken = dict(sd)
+    del broken["blocks.1.self_attn.q.weight"]
+    broken["blocks.0.extra.weight"] = torch.zeros(3)
+    torch.save(broken, tmp_path / "broken.pth")
+    with pytest.raises(CheckpointError) as e:
+        convert.load_wan_dit(str(tmp_path / "broken.pth"), num_heads=2)
+    msg = str(e.value)
+    assert "broken.pth" in msg and "blocks.1.self_attn.q.weight" in msg and "blocks.0.extra.weight" in msg
+
+    wrong = dict(sd)
+    wrong["blocks.0.ffn.2.bias"] = torch.zeros(65)
+    torch.save(wrong, tmp_path / "wrong.pth")
+    with pytest.raises(CheckpointError, match=r"wrong\.pth.*blocks\.0\.ffn\.2\.bias: \(65,\)"):
+        convert.load_wan_dit(str(tmp_path / "wrong.pth"), num_heads=2)
+
+    with pytest.raises(CheckpointError, match="no such file"):
+        convert.load_wan_dit(str(tmp_path / "absent.safetensors"))
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.safetensors"):
+        convert.load_wan_dit(str(tmp_path / "junk.safetensors"))
+    save_file({"foo.weight": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(CheckpointError, match="not a Wan DiT checkpoint"):
+        convert.load_wan_dit(str(tmp_path / "other.safetensors"))
+
+
+def test_head_count_needed_without_config(tmp_path, torch_model):
+    torch.save(to_original_wan_state(torch_model), tmp_path / "noconfig.pth")
+    with pytest.raises(CheckpointError, match=r"noconfig\.pth.*config\.json"):
+        convert.load_wan_dit(str(tmp_path / "noconfig.pth"))
