@@ -1,0 +1,6 @@
+"""toy model, stage 'dmd_inter'."""
+from shotstream_jax.config import get_config as _get
+
+
+def get_config():
+    return _get("toy", "dmd_inter")

@@ -1,0 +1,6 @@
+"""wan_14b model, stage 'ode_pairs'."""
+from shotstream_jax.config import get_config as _get
+
+
+def get_config():
+    return _get("wan_14b", "ode_pairs")

@@ -1,0 +1,6 @@
+"""wan_14b model, stage 'teacher'."""
+from shotstream_jax.config import get_config as _get
+
+
+def get_config():
+    return _get("wan_14b", "teacher")

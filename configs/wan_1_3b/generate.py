@@ -1,0 +1,6 @@
+"""wan_1_3b model, stage 'generate'."""
+from shotstream_jax.config import get_config as _get
+
+
+def get_config():
+    return _get("wan_1_3b", "generate")

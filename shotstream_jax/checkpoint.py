@@ -1,0 +1,79 @@
+"""The one on-disk format: orbax checkpoints of NNX state plus a JSON config.
+
+A model directory holds `config.json` and one orbax checkpoint per component
+(`dit/`, and later `vae/`, `text_encoder/`). Directories are written under a
+temporary name and renamed into place, so a failed write leaves nothing
+half-written at the destination.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Callable, Iterator
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str, overwrite: bool = False) -> Iterator[str]:
+    """Yields a temporary directory that becomes `path` when the block succeeds."""
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not overwrite and (not os.path.isdir(path) or os.listdir(path)):
+        raise FileExistsError(f"{path}: output already exists; choose another path or pass --overwrite")
+    parent = os.path.dirname(path)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
+    except OSError as e:
+        raise OSError(f"{path}: cannot write here ({e.strerror})") from e
+    try:
+        yield tmp
+        if os.path.exists(path):
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_state(path: str, module: nnx.Module) -> None:
+    """Write the module's state as an orbax checkpoint at `path` (must not exist)."""
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(os.path.abspath(path), nnx.state(module).to_pure_dict())
+        ckptr.wait_until_finished()
+
+
+def load_state(path: str, module_fn: Callable[[], nnx.Module]) -> nnx.Module:
+    """Build `module_fn()` abstractly and restore its state from `path`."""
+    abstract = nnx.eval_shape(module_fn)
+    graphdef, state = nnx.split(abstract)
+    target = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), state.to_pure_dict())
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no orbax checkpoint here")
+    with ocp.StandardCheckpointer() as ckptr:
+        try:
+            restored = ckptr.restore(os.path.abspath(path), target)
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"{path}: checkpoint does not match the model config ({e})") from e
+    nnx.replace_by_pure_dict(state, restored)
+    return nnx.merge(graphdef, state)
+
+
+def write_json(path: str, obj: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+
+
+def read_json(path: str) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing (is this a shotstream_jax model directory?)") from None
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None

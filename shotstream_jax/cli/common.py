@@ -1,0 +1,24 @@
+"""Shared command-line plumbing: config files with overrides, clean user errors."""
+from __future__ import annotations
+
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+
+def define_config_flag(default: str | None = None) -> None:
+    config_flags.DEFINE_config_file(
+        "config", default,
+        "Config file (configs/<size>/<stage>.py); override fields with --config.a.b=value.",
+        lock_config=True)
+
+
+def config():
+    return flags.FLAGS.config
+
+
+def fail(prog: str, message: str) -> int:
+    """Print one clean error line (no traceback) and return the exit code."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return 1
