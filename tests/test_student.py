@@ -155,6 +155,6 @@ def test_rollout_matches_chunk_functions_and_has_gradient(setup):
         cache = student.init_cache(cfg, 1, hw, shot_frames=SHOT)
         return jnp.sum(student.rollout_shot(gd, state, cache, noise, k_steps, tk, 1, 2, THETA, TS)[0] ** 2)
 
-    grads = jax.grad(loss)(st)
+    grads = jax.jit(jax.grad(loss))(st)
     norms = [float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads)]
     assert all(np.isfinite(norms)) and sum(norms) > 0
