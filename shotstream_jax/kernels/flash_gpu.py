@@ -75,10 +75,6 @@ class _Config:
     masked: bool
     interpret: bool
 
-    @property
-    def num_warps(self) -> int:
-        return 4 if self.block_q * self.block_k <= 64 * 64 else 8
-
 
 def _fit(block: int, length: int) -> int:
     return min(block, max(_MIN_BLOCK, pl.next_power_of_2(length)))
@@ -221,11 +217,12 @@ def _table_specs(n_rows: int, n_cols: int):
             pl.BlockSpec((None, n_rows), lambda t, b, h: (b, 0))]
 
 
-def _call(kernel, cfg: _Config, grid, in_specs, out_specs, out_shape, name):
+def _call(kernel, cfg: _Config, tile: int, grid, in_specs, out_specs, out_shape, name):
+    """pallas_call of `kernel`; `tile` = rows x cols of its score tile, sizing the warps."""
     return pl.pallas_call(
         functools.partial(kernel, cfg=cfg), grid=grid, in_specs=in_specs,
         out_specs=out_specs, out_shape=out_shape, interpret=cfg.interpret,
-        compiler_params=plgpu.CompilerParams(num_warps=cfg.num_warps,
+        compiler_params=plgpu.CompilerParams(num_warps=4 if tile <= 64 * 64 else 8,
                                              num_stages=cfg.num_stages),
         name=name)
 
@@ -237,7 +234,7 @@ def _forward(q, k, v, q_id, kv_id, cfg: _Config):
     tiles, count = _tile_lists(_live_tiles(q_id, kv_id, bq, bk))
     n_q = lq // bq
     return _call(
-        _fwd_kernel, cfg, (n_q, b, h),
+        _fwd_kernel, cfg, bq * bk, (n_q, b, h),
         in_specs=[*_table_specs(n_q, lk // bk),
                   pl.BlockSpec((bq,), lambda t, b, h: (t,)),
                   pl.BlockSpec((None, lk), lambda t, b, h: (b, 0)),
@@ -258,7 +255,7 @@ def _backward(q, k, v, q_id, kv_id, o, lse, do, cfg: _Config):
     live = _live_tiles(q_id, kv_id, bq, bk)
     row_stats = pl.BlockSpec((None, None, lq), lambda t, b, h: (b, h, 0))
     dk, dv = _call(
-        _dkv_kernel, cfg, (n_k, b, h),
+        _dkv_kernel, cfg, bq * bk, (n_k, b, h),
         in_specs=[*_table_specs(n_k, n_q),
                   pl.BlockSpec((lq,), lambda t, b, h: (0,)),
                   pl.BlockSpec((None, bk), lambda t, b, h: (b, t)),
@@ -271,7 +268,7 @@ def _backward(q, k, v, q_id, kv_id, o, lse, do, cfg: _Config):
     )(*_tile_lists(jnp.swapaxes(live, 1, 2)), q_id, kv_id, q, k, v, do, lse, delta)
     tile_stats = pl.BlockSpec((None, None, bq), lambda t, b, h: (b, h, t))
     dq = _call(
-        _dq_kernel, cfg, (n_q, b, h),
+        _dq_kernel, cfg, bq * bk, (n_q, b, h),
         in_specs=[*_table_specs(n_q, n_k),
                   pl.BlockSpec((bq,), lambda t, b, h: (t,)),
                   pl.BlockSpec((None, lk), lambda t, b, h: (b, 0)),
@@ -321,17 +318,16 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask=None, *,
         raise ValueError(f"q, k, v must share a dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
     lk = k.shape[1]
     bs = block_sizes or BlockSizes()
-    cfg = _Config(block_q=_fit(bs.block_q, lq), block_k=_fit(bs.block_k, lk),
-                  block_q_bwd=_fit(bs.block_q_bwd, lq),
-                  block_k_bwd=_fit(bs.block_k_bwd, lk), num_stages=bs.num_stages,
-                  scale=d ** -0.5, masked=False, interpret=interpret)
+    bq, bk = _fit(bs.block_q, lq), _fit(bs.block_k, lk)
+    bq_bwd, bk_bwd = _fit(bs.block_q_bwd, lq), _fit(bs.block_k_bwd, lk)
     # Tiles are powers of two, so padding to the larger one fits both passes.
-    lq_pad = _round_up(lq, max(cfg.block_q, cfg.block_q_bwd))
-    lk_pad = _round_up(lk, max(cfg.block_k, cfg.block_k_bwd))
+    lq_pad, lk_pad = _round_up(lq, max(bq, bq_bwd)), _round_up(lk, max(bk, bk_bwd))
     d_pad = max(_MIN_BLOCK, pl.next_power_of_2(d))
     masked = lk_pad != lk or (mask is not None and (
         mask.kv_valid is not None or mask.q_chunk is not None))
-    cfg = dataclasses.replace(cfg, masked=masked)
+    cfg = _Config(block_q=bq, block_k=bk, block_q_bwd=bq_bwd, block_k_bwd=bk_bwd,
+                  num_stages=bs.num_stages, scale=d ** -0.5, masked=masked,
+                  interpret=interpret)
     q_id, kv_id = _ids(mask, b, lq, lk, lq_pad, lk_pad)
     pad = lambda x, n: jnp.pad(x, ((0, 0), (0, n - x.shape[1]), (0, 0), (0, d_pad - d)))
     o = _flash(pad(q, lq_pad), pad(k, lk_pad), pad(v, lk_pad), q_id, kv_id, cfg)
