@@ -169,7 +169,7 @@ def test_auto_picks_per_backend(monkeypatch):
 
 def test_pallas_lowers_for_cuda(monkeypatch):
     # Lowers (no GPU needed) to Triton IR at the student's cache shape, fwd and
-    # fwd+bwd. Triton -> PTX compilation itself needs the CUDA plugin.
+    # fwd+bwd. XLA compiles that IR only with the CUDA plugin; see the next test.
     q = jax.ShapeDtypeStruct((1, 4680, 12, 128), jnp.bfloat16)
     kv = jax.ShapeDtypeStruct((1, 42120, 12, 128), jnp.bfloat16)
     mask = MaskSpec(jax.ShapeDtypeStruct((1, 42120), jnp.bool_),

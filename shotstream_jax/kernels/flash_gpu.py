@@ -19,8 +19,8 @@ Masking
   The `MaskSpec` is folded into two integer id vectors: q_id [Lq] and
   kv_id [B, Lk]; query i sees key j iff kv_id[j] <= q_id[i]. Block-causal
   chunks map to themselves; an invalid key (kv_valid False) or a padding key
-  gets _KV_OFF, above every query id; a padding query gets _Q_PAD, so it sees
-  every valid key and never produces NaN. Lq and Lk are padded in the wrapper
+  gets _KV_OFF, above every query id; a padding query copies the id of the
+  last real query, so it sees keys (no NaN) but opens no extra tiles. Lq and Lk are padded in the wrapper
   to whole tiles, D to a power of two >= 16 (Triton dot needs it); padding
   is sliced off again, and autodiff through pad/slice gives zero cotangents.
   Masked logits get a large finite negative value, not -inf, so a tile whose
@@ -33,7 +33,7 @@ Block skipping
   tiles (an empty cache, future chunks) cost neither loads nor matmuls. The
   test is conservative: a listed pair may still be partly masked elementwise.
 
-Chunk ids must lie in [0, 2**30).
+Chunk ids must be below 2**31 - 1.
 """
 from __future__ import annotations
 
@@ -49,7 +49,6 @@ from jax.experimental.pallas import triton as plgpu
 
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 _KV_OFF = 2 ** 31 - 1  # id of a key nobody sees
-_Q_PAD = 2 ** 30  # id of a padding query: sees every valid key
 _MIN_BLOCK = 16  # smallest tile dimension Triton's dot accepts
 
 
@@ -93,7 +92,7 @@ def _ids(mask, batch: int, lq: int, lk: int, lq_pad: int, lk_pad: int):
         kv_id = jnp.broadcast_to(mask.kv_chunk.astype(jnp.int32)[None], (batch, lk))
     if mask is not None and mask.kv_valid is not None:
         kv_id = jnp.where(mask.kv_valid, kv_id, _KV_OFF)
-    q_id = jnp.pad(q_id, (0, lq_pad - lq), constant_values=_Q_PAD)
+    q_id = jnp.pad(q_id, (0, lq_pad - lq), mode="edge")
     kv_id = jnp.pad(kv_id, ((0, 0), (0, lk_pad - lk)), constant_values=_KV_OFF)
     return q_id, kv_id
 
