@@ -20,11 +20,13 @@ Masking
   kv_id [B, Lk]; query i sees key j iff kv_id[j] <= q_id[i]. Block-causal
   chunks map to themselves; an invalid key (kv_valid False) or a padding key
   gets _KV_OFF, above every query id; a padding query copies the id of the
-  last real query, so it sees keys (no NaN) but opens no extra tiles. Lq and Lk are padded in the wrapper
-  to whole tiles, D to a power of two >= 16 (Triton dot needs it); padding
-  is sliced off again, and autodiff through pad/slice gives zero cotangents.
-  Masked logits get a large finite negative value, not -inf, so a tile whose
-  rows are all masked cannot turn the online softmax into NaN.
+  last real query, so it sees keys (no NaN) but opens no extra tiles. Lq and
+  Lk are padded in the wrapper to whole tiles, D to a power of two >= 16
+  (Triton's dot needs it); padding is sliced off again, and autodiff through
+  pad/slice gives zero cotangents. Masked logits get a large finite negative
+  value, not -inf, so a tile whose rows are all masked cannot turn the online
+  softmax into NaN; a query that sees no key at all gets 0 (the XLA reference
+  gives NaN; both are outside the MaskSpec contract).
 
 Block skipping
   Before the kernels run, the wrapper reduces the ids per tile (max q_id of a
