@@ -124,6 +124,22 @@ def test_pallas_skips_fully_masked_tiles():
     assert np.asarray(flash_gpu._live_tiles(q_id, kv_id, 32, 32)).tolist() == [[[True, False, False, True]]]
 
 
+def test_pallas_query_without_keys_gives_zeros():
+    # Reference: the contract in flash_gpu's docstring (XLA would give NaN).
+    # Batch 0 has no valid key, so no live tile; in batch 1, queries 0-9 sit
+    # in a live tile (queries 10-19 see chunk 1) but see only masked logits.
+    q, k, v = _qkv(2, 20, 40, 2, 32)
+    mask = MaskSpec(kv_valid=jnp.ones((2, 40), bool).at[0].set(False),
+                    q_chunk=jnp.repeat(jnp.array([0, 5], jnp.int32), 10),
+                    kv_chunk=jnp.ones(40, jnp.int32))
+    loss = lambda q, k, v: jnp.sum(_pallas(q, k, v, mask) ** 2)
+    out = _pallas(q, k, v, mask)
+    grads = jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+    assert not np.asarray(out[0]).any() and not np.asarray(out[1, :10]).any()
+    np.testing.assert_allclose(out[1, 10:], _xla(q, k, v, mask)[1, 10:], atol=1e-5, rtol=1e-5)
+    assert all(np.isfinite(g).all() and not np.asarray(g[0]).any() for g in grads)
+
+
 def test_xla_reference_matches_numpy():
     # Reference: the softmax formula written out in numpy.
     q, k, v = (np.asarray(x, np.float64) for x in _qkv(2, 20, 45, 2, 16))

@@ -25,8 +25,9 @@ Masking
   (Triton's dot needs it); padding is sliced off again, and autodiff through
   pad/slice gives zero cotangents. Masked logits get a large finite negative
   value, not -inf, so a tile whose rows are all masked cannot turn the online
-  softmax into NaN; a query that sees no key at all gets 0 (the XLA reference
-  gives NaN; both are outside the MaskSpec contract).
+  softmax into NaN; a query that sees no key at all gets 0 and zero
+  gradients (the XLA reference gives NaN; both are outside the MaskSpec
+  contract).
 
 Block skipping
   Before the kernels run, the wrapper reduces the ids per tile (max q_id of a
@@ -143,11 +144,12 @@ def _fwd_kernel(tiles_ref, count_ref, q_id_ref, kv_id_ref, q_ref, k_ref, v_ref,
             jnp.full((bq,), -jnp.inf, jnp.float32),
             jnp.zeros((bq,), jnp.float32))
     acc, m, l = jax.lax.fori_loop(0, count_ref[pl.program_id(0)], body, init)
-    # A row that met no live tile has l == 0: output 0 and lse +inf, so the
-    # backward's exp2(s - lse) is 0 for it instead of NaN.
-    empty = l == 0.0
+    # A row that saw only masked logits (m == _MASK_VALUE) or no live tile
+    # (m == -inf) sees no key: output 0 and lse +inf, so the backward's
+    # exp2(s - lse) is 0 for it rather than an average over masked keys.
+    empty = m <= _MASK_VALUE
     l = jnp.where(empty, 1.0, l)
-    o_ref[...] = (acc / l[:, None]).astype(o_ref.dtype)
+    o_ref[...] = jnp.where(empty[:, None], 0.0, acc / l[:, None]).astype(o_ref.dtype)
     lse_ref[...] = jnp.where(empty, jnp.inf, m + jnp.log2(l))
 
 
