@@ -1,8 +1,6 @@
 """WanVAE against diffusers' AutoencoderKLWan (tiny random model), in both checkpoint layouts."""
 import re
 
-from flax import nnx
-
 import jax
 import jax.numpy as jnp
 import numpy as np
