@@ -113,13 +113,25 @@ class CausalConv3d(nnx.Module):
         if self.cache_frames:
             x = jnp.concatenate([cache.astype(x.dtype), x], axis=1)
             cache = x[:, -self.cache_frames:].astype(jnp.float32)
-        kernel = self.kernel[...]
-        ph, pw = kernel.shape[1] // 2, kernel.shape[2] // 2
-        y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype), kernel.astype(self.dtype), window_strides=(self.stride_t, 1, 1),
-            padding=((0, 0), (ph, ph), (pw, pw)), dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
-            preferred_element_type=jnp.float32)
+        # A sum over temporal taps of per-frame 2D convs: XLA:CPU runs these
+        # about 2x faster than one 3D conv, and accelerators fuse them well.
+        kernel = self.kernel[...].astype(self.dtype)
+        kt, kh, kw = kernel.shape[:3]
+        t_out = (x.shape[1] - kt) // self.stride_t + 1
+        y = 0.0
+        for i in range(kt):
+            frames = x[:, i:i + self.stride_t * (t_out - 1) + 1:self.stride_t]
+            y = y + _conv2d(frames, kernel[i], 1, ((kh // 2, kh // 2), (kw // 2, kw // 2)), self.dtype)
         return y + self.bias[...], cache
+
+
+def _conv2d(x, kernel, stride, padding, dtype):
+    """Per-frame 2D conv: x [B, T, H, W, Cin], kernel [kh, kw, Cin, Cout] -> f32[B, T, H', W', Cout]."""
+    b, t = x.shape[:2]
+    y = jax.lax.conv_general_dilated(
+        x.reshape(b * t, *x.shape[2:]).astype(dtype), kernel.astype(dtype), window_strides=(stride, stride),
+        padding=padding, dimension_numbers=("NHWC", "HWIO", "NHWC"), preferred_element_type=jnp.float32)
+    return y.reshape(b, t, *y.shape[1:])
 
 
 class Conv2d(nnx.Module):
@@ -131,13 +143,7 @@ class Conv2d(nnx.Module):
         self.stride, self.padding, self.dtype = stride, padding, dtype
 
     def __call__(self, x):
-        b, t = x.shape[:2]
-        y = jax.lax.conv_general_dilated(
-            x.reshape(b * t, *x.shape[2:]).astype(self.dtype), self.kernel[...].astype(self.dtype),
-            window_strides=(self.stride, self.stride), padding=self.padding,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"), preferred_element_type=jnp.float32)
-        y = y + self.bias[...]
-        return y.reshape(b, t, *y.shape[1:])
+        return _conv2d(x, self.kernel[...], self.stride, self.padding, self.dtype) + self.bias[...]
 
 
 class RMSNorm(nnx.Module):
