@@ -19,12 +19,15 @@ import time
 import numpy as np
 
 
-def _time(fn, repeats):
-    best = float("inf")
+def _best_interleaved(fns, repeats):
+    """Best-of-`repeats` seconds per function, the functions taking turns so
+    that load from other processes on a shared machine hits all of them alike."""
+    best = [float("inf")] * len(fns)
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
     return best
 
 
@@ -72,12 +75,12 @@ def main():
     jax_next()
     print(f"jax later-chunk compile+run: {time.perf_counter() - t0:.2f} s")
 
-    with torch.no_grad():
-        want = ref.decode(zt).sample  # warm-up
-    t_jax = _time(jax_first, args.repeats)
-    with torch.no_grad():
-        t_torch = _time(lambda: ref.decode(zt), args.repeats)
-    t_next = _time(jax_next, args.repeats)
+    def torch_first():
+        with torch.no_grad():
+            return ref.decode(zt).sample
+
+    want = torch_first()  # warm-up
+    t_jax, t_torch, t_next = _best_interleaved([jax_first, torch_first, jax_next], args.repeats)
 
     diff = np.abs(np.asarray(first) - np.moveaxis(want.numpy(), 1, -1)).max()
     print(f"jax first chunk (9 frames): {t_jax:.3f} s")

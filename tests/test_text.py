@@ -91,3 +91,17 @@ def test_shot_prompt_matches_shotstream():
     want = [caption["global_caption"] + f"shot{i}:" + caption[f"shot{i + 1}"] for i in range(2)]
     assert [shot_prompt("G.", i, caption[f"shot{i + 1}"]) for i in range(2)] == want == ["G.shot0:first",
                                                                                         "G.shot1:second"]
+
+
+def test_sentencepiece_tokenizer(model_dir, tmp_path):
+    """Reference: sentencepiece's own encode + T5's trailing </s> (as the umT5 spiece.model is used)."""
+    spm = pytest.importorskip("sentencepiece")
+    corpus = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))] * 4
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_prefix=str(tmp_path / "spiece"),
+                                   vocab_size=40, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                   minloglevel=2)
+    enc = TextEncoder.load(str(model_dir), tokenizer_path=str(tmp_path / "spiece.model"), text_len=TEXT_LEN)
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "spiece.model"))
+    ids, mask = enc.tokenize("a man  walks")
+    want = sp.encode("a man walks") + [1]
+    assert list(ids[:len(want)]) == want and mask.sum() == len(want) and not ids[len(want):].any()
