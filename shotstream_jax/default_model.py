@@ -26,7 +26,8 @@ def build(**dit_overrides):
     dit_cfg = WanDiTConfig.from_dict({**config.model.to_dict(), **dit_overrides})
     t5_cfg = UMT5Config.from_size("tiny", vocab_size=ByteTokenizer.vocab_size, d_model=dit_cfg.text_dim,
                                   d_kv=dit_cfg.text_dim // 4)
-    keys = jax.random.split(jax.random.PRNGKey(SEED), 3)
+    # unsafe_rbg: random init compiles ~4x faster than threefry on CPU (one compile per weight shape).
+    keys = jax.random.split(jax.random.key(SEED, impl="unsafe_rbg"), 3)
     dit = WanDiT(dit_cfg, rngs=nnx.Rngs(keys[0]))
     vae = WanVAE(VAE, rngs=nnx.Rngs(keys[1]))
     t5 = UMT5Encoder(t5_cfg, rngs=nnx.Rngs(keys[2]))
