@@ -1,7 +1,6 @@
 """WanVAE against diffusers' AutoencoderKLWan (tiny random model), in both checkpoint layouts."""
 import re
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
