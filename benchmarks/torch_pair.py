@@ -91,4 +91,5 @@ def machine() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{cpu}, {os.cpu_count()} cores visible, jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__}"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"{cpu}, {os.cpu_count()} cores visible, load average {load}, jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__}"

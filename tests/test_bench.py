@@ -65,7 +65,7 @@ def test_cli_json_fields(tmp_path):
     assert d["device"] and d["backend"] == "cpu"
     assert d["config"]["height"] == 16 and d["config"]["dit"]["num_layers"] == 2
     assert len(d["flops_per_shot"]) == 2 and d["flops_per_shot"][1] > d["flops_per_shot"][0] > 0
-    assert {"vae_decode", "text_encoder", "context_pass_s"} <= set(d)
+    assert {"vae_decode", "text_encoder", "context_pass_s", "context_encode"} <= set(d)
 
 
 def test_cli_rejects_unknown_model():

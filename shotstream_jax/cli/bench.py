@@ -11,7 +11,8 @@ passes, is decoded, and is committed to the local cache by one t=0 pass
 A first, untimed shot compiles everything; then --shots shots are timed.
 
 --model: a model directory (shotstream-convert output), or random weights of
-a named size: toy (2 layers, width 64), wan-1.3b-random, wan-14b-random.
+a named size: toy (2 layers, width 64), small-random (4 layers, width 256,
+head dim 128), wan-1.3b-random, wan-14b-random.
 
 JSON fields: fps (decoded frames per second over the timed shots, prompt in
 to last frame), first_frame_latency_s (prompt in to the first decoded frame
@@ -34,7 +35,8 @@ import statistics
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "toy", "Model directory, or random weights: toy | wan-1.3b-random | wan-14b-random.")
+flags.DEFINE_string("model", "toy", "Model directory, or random weights: toy | small-random | wan-1.3b-random | "
+                    "wan-14b-random.")
 flags.DEFINE_integer("shots", 3, "Shots to time (after one untimed warm-up shot that compiles).")
 flags.DEFINE_string("json", None, "Write the results here as JSON (they are always printed too).")
 flags.DEFINE_string("profile_dir", None, "Capture a jax.profiler trace of the timed shots into this directory.")
@@ -47,7 +49,14 @@ flags.DEFINE_string("attention_impl", None, "Attention implementation (auto|xla|
 flags.DEFINE_integer("seed", 0, "Seed of the random weights and noise.")
 
 PROG = "shotstream-bench"
-RANDOM_SIZES = {"toy": "toy", "wan-1.3b-random": "wan_1_3b", "wan-14b-random": "wan_14b"}
+# --model name -> (config size, DiT overrides) of random-weight models.
+RANDOM_SIZES = {
+    "toy": ("toy", {}),
+    # Wan-like blocks (head dim 128) small enough that a CPU chunk takes tens of ms.
+    "small-random": ("toy", dict(dim=256, ffn_dim=1024, num_heads=2, num_layers=4)),
+    "wan-1.3b-random": ("wan_1_3b", {}),
+    "wan-14b-random": ("wan_14b", {}),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +85,9 @@ def build(model: str, seed: int):
     overrides = {k: v for k, v in dict(dtype=FLAGS.dtype, param_dtype=FLAGS.dtype, scan_unroll=FLAGS.scan_unroll,
                                        attention_impl=FLAGS.attention_impl).items() if v is not None}
     if model in RANDOM_SIZES:
-        cfg = get_config(RANDOM_SIZES[model], "generate")
-        dit_cfg = WanDiTConfig.from_dict({**cfg.model.to_dict(), **overrides})
+        size, size_overrides = RANDOM_SIZES[model]
+        cfg = get_config(size, "generate")
+        dit_cfg = WanDiTConfig.from_dict({**cfg.model.to_dict(), **size_overrides, **overrides})
         dit = WanDiT(dit_cfg, rngs=nnx.Rngs(seed))
     elif os.path.isdir(model):
         cfg = get_config("wan_1_3b", "generate")
@@ -99,122 +109,92 @@ def build(model: str, seed: int):
     return dit, cfg, shape, (height, width)
 
 
-def dit_passes(dit, cfg, shape: StreamShape, seed: int):
-    """The streaming passes straight on WanDiT, with the student's real cache shapes.
+def vae_for(model: str, dtype: str, seed: int):
+    """The Wan VAE with random weights: full size for Wan models, narrow (base_dim 8) for toy ones."""
+    from flax import nnx
 
-    One K/V buffer per layer holds the global cache (context_frames frames) then
-    the local cache (the shot's frames) [layers, B, (Nc + T) * S, H, Dh], with a
-    validity mask over its slots and a traced count of committed frames, so
-    every chunk and shot reuses one compile. The cache is donated to the passes
-    that rewrite it. Decoding is a stub (see `stub_decode`).
+    from shotstream_jax.models.wan_vae import WanVAE, WanVAEConfig
+    small = model in ("toy", "small-random")
+    return WanVAE(WanVAEConfig(base_dim=8 if small else 96, dtype=dtype), rngs=nnx.Rngs(seed + 1))
+
+
+def student_passes(dit, vae, cfg, shape: StreamShape, seed: int):
+    """The pipeline's pieces as `perf.ShotPasses`: the student's jitted passes over a
+    `DualCache` (models/student.py) and the VAE's streaming `decode_step`.
+
+    As `pipeline.Session.next_shot`, except for inputs that need a tokenizer or
+    a story: the prompt embedding is random umT5-shaped states (the DiT's text
+    K/V are computed from them once per prompt, as in generation), and the
+    history is random frames, VAE-encoded one frame per clip into the 6
+    context latents before the context pass (shots after the first; the first
+    shot's global cache stays empty and masked, as in the pipeline).
+    Returns (passes, a function making a fresh empty cache).
     """
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
-    from shotstream_jax.kernels import MaskSpec
+    from shotstream_jax import context as ctx_lib
+    from shotstream_jax import schedule
+    from shotstream_jax.models import student
+    from shotstream_jax.models.wan_vae import decode_step
     from shotstream_jax.perf import ShotPasses
 
-    c = dit.cfg
     graphdef, state = nnx.split(dit)
-    dtype = jnp.dtype(c.dtype)
-    s = (shape.latent_hw[0] // c.patch_size[1]) * (shape.latent_hw[1] // c.patch_size[2])
-    ng = shape.context_frames * s
-    slots = (shape.context_frames + shape.shot_frames) * s
-    theta = cfg.shotstream.shot_theta if cfg.shotstream.shot_indicator else 0.0
-    shift = cfg.shotstream.timestep_shift
-    # Student timesteps: the configured steps warped through the shifted schedule, s' = k s / (1 + (k-1) s).
-    sig = jnp.asarray(cfg.shotstream.denoising_steps, jnp.float32) / cfg.shotstream.num_train_timesteps
-    sig = shift * sig / (1 + (shift - 1) * sig)
+    ss = cfg.shotstream
+    theta = ctx_lib.shot_theta(ss)
+    timesteps = jnp.asarray(schedule.student_timesteps(tuple(ss.denoising_steps), ss.timestep_shift), jnp.float32)
     key = jax.random.key(seed)
     b, (h, w) = shape.batch, shape.latent_hw
+    sf = vae.cfg.spatial_factor
+    text_kv = jax.jit(lambda state, emb: nnx.merge(graphdef, state).encode_text(emb))
 
-    cache = dict(k=jnp.zeros((c.num_layers, b, slots, c.num_heads, c.head_dim), dtype),
-                 v=jnp.zeros((c.num_layers, b, slots, c.num_heads, c.head_dim), dtype),
-                 valid=jnp.zeros((b, slots), bool), committed=jnp.zeros((), jnp.int32))
+    def encode_prompt(shot):
+        emb = jax.random.normal(jax.random.fold_in(key, shot), (b, shape.text_len, dit.cfg.text_dim))
+        return text_kv(state, emb)
 
-    def target_layout(shot, chunk):
-        frames = chunk * shape.chunk_frames + jnp.arange(shape.chunk_frames)
-        return shape.context_frames + frames, jnp.full((shape.chunk_frames,), shot + 1)
+    def context_pass(cache, text, shot):
+        if shot == 0:
+            return cache
+        history = jax.random.uniform(jax.random.fold_in(key, 10_000 + shot), (shape.context_frames, 1, h * sf, w * sf, 3),
+                                     minval=-1.0, maxval=1.0)
+        latents = vae.cfg.normalize(vae.encode(history)[:, 0])[None]
+        layout = ctx_lib.shot_layout([shot - 1] * shape.context_frames, shot, shape.shot_frames,
+                                     shape.context_frames)
+        return student.fill_global_cache(graphdef, state, cache, latents, text,
+                                         jnp.asarray(layout.frame_shot[:shape.context_frames]), None, None, theta)
 
-    @jax.jit
-    def encode_prompt(state, shot):
-        # Random umT5 states stand in for the text encoder; the DiT's text K/V are the real work here.
-        text = jax.random.normal(jax.random.fold_in(key, shot), (b, shape.text_len, c.text_dim), dtype)
-        return nnx.merge(graphdef, state).encode_text(text)
+    def target_shot(shot):
+        return jnp.asarray(max(shot, 1), jnp.int32)  # last context shot + 1; 1 for the first shot
 
-    @functools.partial(jax.jit, donate_argnums=1)
-    def context_pass(state, cache, text_kv, shot):
-        # History: context frames of the previous shot (none for the first shot: masked out).
-        ctx = jax.random.normal(jax.random.fold_in(key, 1_000_000 + shot), (b, shape.context_frames, h, w, 16))
-        _, (k, v) = nnx.merge(graphdef, state)(
-            ctx, jnp.zeros((b,)), text_kv=text_kv, frame_pos=jnp.arange(shape.context_frames),
-            frame_shot=jnp.full((shape.context_frames,), shot), shot_theta=theta, return_kv=True)
-        valid = jnp.zeros((b, slots), bool).at[:, :ng].set(shot > 0)
-        return dict(k=cache["k"].at[:, :, :ng].set(k.astype(dtype)), v=cache["v"].at[:, :, :ng].set(v.astype(dtype)),
-                    valid=valid, committed=jnp.zeros((), jnp.int32))
-
-    def velocity(state, cache, x, t, text_kv, shot, chunk, return_kv=False):
-        pos, shots = target_layout(shot, chunk)
-        mask = MaskSpec(kv_valid=jnp.concatenate([cache["valid"], jnp.ones((b, x.shape[1] * s), bool)], axis=1))
-        return nnx.merge(graphdef, state)(
-            x, t, text_kv=text_kv, frame_pos=pos, frame_shot=shots, shot_theta=theta,
-            prefix_kv=(cache["k"], cache["v"]), mask=mask, return_kv=return_kv)
-
-    @jax.jit
-    def denoise_chunk(state, cache, text_kv, shot, chunk):
+    def denoise_chunk(cache, text, shot, chunk):
         k = jax.random.fold_in(jax.random.fold_in(key, shot), chunk)
-        noise = jax.random.normal(k, (b, len(sig), shape.chunk_frames, h, w, 16))
+        noise = jax.random.normal(k, (b, shape.chunk_frames, h, w, dit.cfg.in_channels))
+        return student.denoise_chunk(graphdef, state, cache, noise, jax.random.fold_in(k, 1), text,
+                                     target_shot(shot), theta, timesteps)
 
-        def step(x, i):  # predict x0, then re-noise it with fresh noise at the next step's level
-            v = velocity(state, cache, x, jnp.full((b,), sig[i] * 1000.0), text_kv, shot, chunk)
-            x0 = x.astype(jnp.float32) - sig[i] * v
-            nxt = jnp.minimum(i + 1, len(sig) - 1)
-            return jnp.where(i + 1 < len(sig), (1 - sig[nxt]) * x0 + sig[nxt] * noise[:, nxt], x0), None
+    def commit_chunk(cache, z, text, shot, chunk):
+        return student.commit_chunk(graphdef, state, cache, z, text, target_shot(shot), theta)
 
-        x0, _ = jax.lax.scan(step, noise[:, 0], jnp.arange(len(sig)))
-        return x0
-
-    @functools.partial(jax.jit, donate_argnums=1)
-    def commit_chunk(state, cache, x0, text_kv, shot, chunk):
-        _, (k, v) = velocity(state, cache, x0, jnp.zeros((b,)), text_kv, shot, chunk, return_kv=True)
-        at = ng + cache["committed"] * s
-        n = shape.chunk_frames * s
-        upd = jax.lax.dynamic_update_slice_in_dim
-        return dict(k=upd(cache["k"], k.astype(dtype), at, axis=2), v=upd(cache["v"], v.astype(dtype), at, axis=2),
-                    valid=upd(cache["valid"], jnp.ones((b, n), bool), at, axis=1),
-                    committed=cache["committed"] + shape.chunk_frames)
-
-    init_decode, decode_chunk = stub_decode()
     passes = ShotPasses(
-        encode_prompt=lambda shot: encode_prompt(state, shot),
-        context_pass=lambda cache, text, shot: context_pass(state, cache, text, shot),
-        denoise_chunk=lambda cache, text, shot, chunk: denoise_chunk(state, cache, text, shot, chunk),
-        commit_chunk=lambda cache, z, text, shot, chunk: commit_chunk(state, cache, z, text, shot, chunk),
-        init_decode=init_decode, decode_chunk=decode_chunk)
-    return passes, lambda: jax.tree.map(jnp.copy, cache)
+        encode_prompt=encode_prompt, context_pass=context_pass, denoise_chunk=denoise_chunk,
+        commit_chunk=commit_chunk, init_decode=lambda: vae.init_decode_cache(b, h, w),
+        decode_chunk=lambda dec, z: decode_step(vae, vae.cfg.denormalize(z), dec))
+    return passes, lambda: student.init_cache(dit.cfg, b, shape.latent_hw, context_frames=shape.context_frames,
+                                              shot_frames=shape.shot_frames)
 
 
-def stub_decode():
-    """No VAE: a placeholder [B, n, 1, 1, 3] per chunk with the frame count the Wan VAE
-    would decode (1 + 4(n-1) for a shot's first chunk, 4n after), computed from the
-    chunk so that waiting on it waits for the chunk."""
-    import jax.numpy as jnp
-
-    def decode_chunk(started, z):
-        n = 4 * z.shape[1] - (0 if started else 3)
-        return jnp.broadcast_to(z[:, :1, :1, :1, :3], (z.shape[0], n, 1, 1, 3)), True
-
-    return lambda: False, decode_chunk
-
-
-def bench(dit, cfg, shape: StreamShape, video_hw, shots: int, seed: int, profile_dir: str | None) -> dict:
+def bench(dit, vae, cfg, shape: StreamShape, video_hw, shots: int, seed: int, profile_dir: str | None) -> dict:
     import jax
 
     from shotstream_jax import perf
 
-    passes, fresh_cache = dit_passes(dit, cfg, shape, seed)
-    warm = perf.stream_shot(passes, fresh_cache(), 0, shape.chunks)[1]
+    passes, fresh_cache = student_passes(dit, vae, cfg, shape, seed)
+    # Warm-up: the first shot (empty global cache) and a later one (context pass) compile everything.
+    cache, warm = fresh_cache(), []
+    for shot in range(2):
+        cache, timing = perf.stream_shot(passes, cache, shot, shape.chunks)
+        warm.append(timing.total_s)
 
     cache = fresh_cache()
     timings = []
@@ -239,28 +219,30 @@ def bench(dit, cfg, shape: StreamShape, video_hw, shots: int, seed: int, profile
     mem, mem_source = perf.peak_memory()
     frames = sum(t.frames for t in timings)
     total = sum(t.total_s for t in timings)
-    mfu_note = ("model FLOPs of the DiT passes (shotstream_jax/perf.py) / (context pass + chunk time) / "
-                "dense bf16 peak of one device" + ("" if c.dtype == "bfloat16" else f"; this run computed in {c.dtype}"))
+    mfu_note = ("model FLOPs of the DiT passes (shotstream_jax/perf.py) / (context pass time, with its VAE "
+                "encode, + chunk time, with the decode) / dense bf16 peak of the one device used" + ("" if c.dtype == "bfloat16" else f"; this run computed in {c.dtype}"))
     return {
         "fps": frames / total,
         "first_frame_latency_s": statistics.median(t.first_frame_latency_s for t in timings),
         "first_frame_latency_per_shot_s": [t.first_frame_latency_s for t in timings],
         "per_chunk_s": [t.per_chunk_s for t in timings],
-        "compile_s": max(warm.total_s - statistics.median(t.total_s for t in timings), 0.0),
+        "compile_s": max(sum(warm) - timings[0].total_s - statistics.median(t.total_s for t in timings[1:] or timings),
+                         0.0),
         "text_encode_s": statistics.median(t.text_encode_s for t in timings),
         "context_pass_s": [t.context_pass_s for t in timings],
         "seconds_per_shot": [t.total_s for t in timings],
         "frames_per_shot": [t.frames for t in timings],
         "peak_memory_bytes": mem,
         "peak_memory_source": mem_source,
-        "mfu": None if peak is None else sum(flops) / dit_time / (peak * jax.device_count()),
+        "mfu": None if peak is None else sum(flops) / dit_time / peak,
         "mfu_note": mfu_note if peak is not None else f"no peak FLOP/s known for {info['device_kind']!r}: mfu is null",
         "flops_per_shot": flops,
         "achieved_flops_per_s": sum(flops) / dit_time,
         **info,
-        "pipeline": "DiT passes on WanDiT with the student's cache shapes (benchmark harness, not the student module)",
-        "vae_decode": "not included (stub)",
-        "text_encoder": "not included: random umT5 states; text_encode_s times the DiT text K/V projection",
+        "pipeline": "models.student jitted passes over a DualCache + WanVAE streaming decode_step",
+        "vae_decode": f"included: WanVAE base_dim {vae.cfg.base_dim}, random weights",
+        "context_encode": "included in context_pass_s: VAE encode of 6 random history frames, shots after the first",
+        "text_encoder": "not included: random umT5-shaped states; text_encode_s times the DiT text K/V projection",
         "config": {"model": FLAGS.model, "dit": dataclasses.asdict(c), "height": video_hw[0], "width": video_hw[1],
                    "shots": shots, "batch": shape.batch, "latent_hw": list(shape.latent_hw),
                    "tokens_per_frame": s, "context_frames": shape.context_frames,
@@ -279,7 +261,8 @@ def main(argv):
         dit, cfg, shape, video_hw = build(FLAGS.model, FLAGS.seed)
     except (ValueError, OSError) as e:
         return fail(PROG, str(e))
-    result = bench(dit, cfg, shape, video_hw, FLAGS.shots, FLAGS.seed, FLAGS.profile_dir)
+    vae = vae_for(FLAGS.model, dit.cfg.dtype, FLAGS.seed)
+    result = bench(dit, vae, cfg, shape, video_hw, FLAGS.shots, FLAGS.seed, FLAGS.profile_dir)
     for k in ("device", "fps", "first_frame_latency_s", "compile_s", "text_encode_s", "peak_memory_bytes", "mfu"):
         print(f"{k}: {result[k]}")
     for i, chunk_s in enumerate(result["per_chunk_s"], 1):
