@@ -88,7 +88,7 @@ def build(model: str, seed: int):
         size, size_overrides = RANDOM_SIZES[model]
         cfg = get_config(size, "generate")
         dit_cfg = WanDiTConfig.from_dict({**cfg.model.to_dict(), **size_overrides, **overrides})
-        dit = WanDiT(dit_cfg, rngs=nnx.Rngs(seed))
+        dit = nnx.jit(lambda: WanDiT(dit_cfg, rngs=nnx.Rngs(seed)))()  # one compile, not one per parameter shape
     elif os.path.isdir(model):
         cfg = get_config("wan_1_3b", "generate")
         dit = model_dir.load_dit(model, **overrides)
@@ -110,12 +110,29 @@ def build(model: str, seed: int):
 
 
 def vae_for(model: str, dtype: str, seed: int):
-    """The Wan VAE with random weights: full size for Wan models, narrow (base_dim 8) for toy ones."""
+    """The Wan VAE with random weights: full size for Wan models, narrow (base_dim 8) for toy ones.
+
+    Filled on the host from the module's abstract shapes: eager init compiles a
+    random kernel per parameter shape and a jitted init compiles for about a
+    minute on a CPU, both longer than the benchmark itself at toy size.
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
     from flax import nnx
 
     from shotstream_jax.models.wan_vae import WanVAE, WanVAEConfig
     small = model in ("toy", "small-random")
-    return WanVAE(WanVAEConfig(base_dim=8 if small else 96, dtype=dtype), rngs=nnx.Rngs(seed + 1))
+    cfg = WanVAEConfig(base_dim=8 if small else 96, dtype=dtype)
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: WanVAE(cfg, rngs=nnx.Rngs(0))))
+    rng = np.random.default_rng(seed)
+
+    def fill(x):  # kernels ~ N(0, 1/fan_in), vectors (biases, norm scales) 1
+        if len(x.shape) < 2:
+            return jnp.ones(x.shape, x.dtype)
+        return jnp.asarray(rng.standard_normal(x.shape, np.float32) / np.sqrt(np.prod(x.shape[:-1])), x.dtype)
+
+    return nnx.merge(graphdef, jax.tree.map(fill, abstract))
 
 
 def student_passes(dit, vae, cfg, shape: StreamShape, seed: int):
