@@ -8,7 +8,9 @@ Per shot, as in generation: the prompt is encoded (text K/V computed once),
 one context pass fills the global cache, then every chunk runs its denoising
 passes, is decoded, and is committed to the local cache by one t=0 pass
 (7 chunks x (4 + 1) + 1 = 36 DiT passes per shot at the default config).
-A first, untimed shot compiles everything; then --shots shots are timed.
+Two untimed shots (the first, with an empty global cache, and a second, with
+a context pass) compile everything; then --shots shots are timed from a fresh
+cache.
 
 --model: a model directory (shotstream-convert output), or random weights of
 a named size: toy (2 layers, width 64), small-random (4 layers, width 256,
@@ -17,8 +19,8 @@ head dim 128), wan-1.3b-random, wan-14b-random.
 JSON fields: fps (decoded frames per second over the timed shots, prompt in
 to last frame), first_frame_latency_s (prompt in to the first decoded frame
 of a shot; median over shots, and per shot), per_chunk_s (seconds of every
-chunk, one list per shot), compile_s (the warm-up shot's time minus a timed
-shot's), text_encode_s, context_pass_s, peak_memory_bytes and
+chunk, one list per shot), compile_s (the two warm-up shots' time minus the
+first two timed shots'), text_encode_s, context_pass_s, peak_memory_bytes and
 peak_memory_source, mfu and mfu_note (model FLOPs of the DiT passes, see
 shotstream_jax/perf.py, over the DiT-side time and the device's dense bf16
 peak; null on CPUs and unknown devices), flops_per_shot, device, config, and
@@ -27,7 +29,6 @@ notes on what was not included.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import statistics
@@ -75,7 +76,7 @@ class StreamShape:
 
 
 def build(model: str, seed: int):
-    """(dit, config) for --model, with the runtime flags applied."""
+    """(dit, config, stream shape, (height, width)) for --model, with the runtime flags applied."""
     from flax import nnx
 
     from shotstream_jax import model_dir
@@ -237,7 +238,9 @@ def bench(dit, vae, cfg, shape: StreamShape, video_hw, shots: int, seed: int, pr
     frames = sum(t.frames for t in timings)
     total = sum(t.total_s for t in timings)
     mfu_note = ("model FLOPs of the DiT passes (shotstream_jax/perf.py) / (context pass time, with its VAE "
-                "encode, + chunk time, with the decode) / dense bf16 peak of the one device used" + ("" if c.dtype == "bfloat16" else f"; this run computed in {c.dtype}"))
+                "encode, + chunk time, with the decode) / dense bf16 peak of the one device used")
+    if c.dtype != "bfloat16":
+        mfu_note += f"; this run computed in {c.dtype}"
     return {
         "fps": frames / total,
         "first_frame_latency_s": statistics.median(t.first_frame_latency_s for t in timings),
