@@ -55,8 +55,8 @@ def main():
             jax_times.append(seconds(lambda: fwd(x, t, text), jax.block_until_ready))
             torch_times.append(seconds(lambda: tm(*targs, return_dict=False)[0], lambda r: r))
     tj, tt = float(np.median(jax_times)), float(np.median(torch_times))
-    print(f"jax jit forward: {tj:.3f} s (median of {args.repeats}; all {', '.join(f'{s:.3f}' for s in jax_times)})")
-    print(f"torch eager forward: {tt:.3f} s (median of {args.repeats}; all {', '.join(f'{s:.3f}' for s in torch_times)})")
+    for name, median, times in (("jax jit", tj, jax_times), ("torch eager", tt, torch_times)):
+        print(f"{name} forward: {median:.3f} s (median of {args.repeats}; all {', '.join(f'{s:.3f}' for s in times)})")
     print(f"ratio torch/jax: {tt / tj:.2f}x (>1: JAX faster)")
 
 

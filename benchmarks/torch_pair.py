@@ -92,4 +92,5 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return f"{cpu}, {os.cpu_count()} cores visible, load average {load}, jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__}"
+    return (f"{cpu}, {os.cpu_count()} cores visible, load average {load}, "
+            f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__}")

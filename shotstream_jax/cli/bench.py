@@ -174,8 +174,8 @@ def student_passes(dit, vae, cfg, shape: StreamShape, seed: int):
     def context_pass(cache, text, shot):
         if shot == 0:
             return cache
-        history = jax.random.uniform(jax.random.fold_in(key, 10_000 + shot), (shape.context_frames, 1, h * sf, w * sf, 3),
-                                     minval=-1.0, maxval=1.0)
+        history = jax.random.uniform(jax.random.fold_in(key, 10_000 + shot),
+                                     (shape.context_frames, 1, h * sf, w * sf, 3), minval=-1.0, maxval=1.0)
         latents = vae.cfg.normalize(vae.encode(history)[:, 0])[None]
         layout = ctx_lib.shot_layout([shot - 1] * shape.context_frames, shot, shape.shot_frames,
                                      shape.context_frames)
