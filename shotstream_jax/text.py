@@ -92,6 +92,19 @@ class Tokenizer:
         return self._sp.encode(text) + [self.eos_id]
 
 
+class ByteTokenizer:
+    """UTF-8 bytes as tokens (id = byte + 3; pad 0, eos 1): the toy default model's tokenizer.
+
+    Needs no vocabulary file, so the bundled random model runs anywhere; real
+    models use the umT5 tokenizer files through `Tokenizer`.
+    """
+    pad_id, eos_id = 0, 1
+    vocab_size = 259
+
+    def __call__(self, text: str) -> list[int]:
+        return [b + 3 for b in text.encode("utf-8")] + [self.eos_id]
+
+
 @nnx.jit
 def _encode_padded(model: UMT5Encoder, ids, mask):
     h = model(ids, mask)
@@ -106,7 +119,7 @@ class TextEncoder:
     Prompts are encoded one at a time: one compile for all of them.
     """
 
-    def __init__(self, model: UMT5Encoder, tokenizer: Tokenizer, text_len: int = 512):
+    def __init__(self, model: UMT5Encoder, tokenizer: Union[Tokenizer, ByteTokenizer], text_len: int = 512):
         self.model = model
         self.tokenizer = tokenizer
         self.text_len = text_len
