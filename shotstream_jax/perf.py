@@ -1,5 +1,5 @@
 """Performance accounting for `shotstream-bench`: FLOP counts, device peaks, memory, and
-the timed streaming loop of one shot.
+the timing of one streamed shot.
 
 FLOPs are counted analytically from the DiT config (a multiply-add is 2 FLOPs),
 for the work a pass must do: the "model FLOPs" of MFU, not what a kernel
@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import resource
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import jax
 
@@ -110,61 +110,36 @@ def peak_memory() -> tuple[int, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS (getrusage ru_maxrss)"
 
 
-class ShotPasses(NamedTuple):
-    """The streaming pipeline as callables; every one returns device arrays without waiting.
-
-    encode_prompt(shot) -> text            prompt in -> what the DiT passes read (text K/V)
-    context_pass(cache, text, shot) -> cache       fill the global cache from history
-    denoise_chunk(cache, text, shot, chunk) -> z   the few-step sampler over one chunk
-    commit_chunk(cache, z, text, shot, chunk) -> cache   the t=0 pass writing the local cache
-    init_decode() -> decode_state                  a fresh streaming VAE state (per shot)
-    decode_chunk(decode_state, z) -> (frames, decode_state)
-    """
-    encode_prompt: Callable[[int], Any]
-    context_pass: Callable[[Any, Any, int], Any]
-    denoise_chunk: Callable[[Any, Any, int, int], Any]
-    commit_chunk: Callable[[Any, Any, Any, int, int], Any]
-    init_decode: Callable[[], Any]
-    decode_chunk: Callable[[Any, Any], tuple[Any, Any]]
-
-
 class ShotTiming(NamedTuple):
     text_encode_s: float
-    context_pass_s: float
     per_chunk_s: list[float]
     first_frame_latency_s: float
     total_s: float
     frames: int
 
 
-def stream_shot(passes: ShotPasses, cache: Any, shot: int, chunks: int) -> tuple[Any, ShotTiming]:
-    """Run one shot through `passes`, timing it as a viewer would see it.
+def time_shot(encode_text: Callable[[], Any], chunks: Callable[[], Iterator[Any]]) -> ShotTiming:
+    """Time one shot as a viewer sees it: `encode_text()` (the prompt's text
+    encoding, waited on), then `chunks()`, an iterator of each chunk's decoded
+    frames [n, H, W, 3] as they become ready (host arrays, or device arrays
+    that are waited on here: the only host syncs are these deliberate ones).
 
-    The only host waits are the deliberate ones that define the figures: after
-    the text encoding, after the context pass, on each chunk's decoded frames
-    (a streaming consumer needs them) and on the cache at the end of the shot.
-    Each chunk's cache pass is dispatched after its decode, so it runs while
-    the frames are handed out and its time lands in the next chunk's figure:
-    per_chunk_s[c] = from chunk c-1's frames (or the end of the context pass)
-    to chunk c's frames.
+    per_chunk_s[c] runs from chunk c-1's frames (for c = 0: from the end of the
+    text encoding, so it holds the shot's set-up, i.e. context encoding and
+    context pass) to chunk c's frames; first_frame_latency_s from prompt in;
+    total_s from prompt in to the iterator's end.
     """
     t_prompt = time.perf_counter()
-    text = jax.block_until_ready(passes.encode_prompt(shot))
-    t_text = time.perf_counter()
-    cache = jax.block_until_ready(passes.context_pass(cache, text, shot))
-    t_prev = t_ctx = time.perf_counter()
-    decode_state = passes.init_decode()
-    per_chunk, frames, first = [], 0, None
-    for c in range(chunks):
-        z = passes.denoise_chunk(cache, text, shot, c)
-        pixels, decode_state = passes.decode_chunk(decode_state, z)
-        cache = passes.commit_chunk(cache, z, text, shot, c)
+    jax.block_until_ready(encode_text())
+    t_prev = t_text = time.perf_counter()
+    per_chunk, frames = [], 0
+    for pixels in chunks():
         jax.block_until_ready(pixels)
         now = time.perf_counter()
         per_chunk.append(now - t_prev)
         t_prev = now
-        first = now - t_prompt if first is None else first
-        frames += pixels.shape[1]
-    cache = jax.block_until_ready(cache)
-    total = time.perf_counter() - t_prompt
-    return cache, ShotTiming(t_text - t_prompt, t_ctx - t_text, per_chunk, first, total, frames)
+        frames += pixels.shape[0]
+    if not per_chunk:
+        raise ValueError("the shot yielded no frames")
+    total = time.perf_counter() - t_prompt  # with the shot's wrap-up after its last frames
+    return ShotTiming(t_text - t_prompt, per_chunk, t_text - t_prompt + per_chunk[0], total, frames)

@@ -63,9 +63,9 @@ def test_cli_json_fields(tmp_path):
     assert d["frames_per_shot"] == [81, 81]
     assert d["mfu"] is None and "cpu" in d["mfu_note"]  # no known peak for a CPU
     assert d["device"] and d["backend"] == "cpu"
-    assert d["config"]["height"] == 16 and d["config"]["dit"]["num_layers"] == 2
+    assert d["config"]["height"] == 16 and d["config"]["width"] == 16 and d["config"]["dit"]["num_layers"] == 2
     assert len(d["flops_per_shot"]) == 2 and d["flops_per_shot"][1] > d["flops_per_shot"][0] > 0
-    assert {"vae_decode", "text_encoder", "context_pass_s", "context_encode"} <= set(d)
+    assert "ShotStream" in d["pipeline"] and d["config"]["umt5"]["d_model"] == 32
 
 
 def test_cli_rejects_unknown_model():
