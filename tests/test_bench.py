@@ -38,6 +38,24 @@ def test_shot_flops_counts_36_passes():
     assert perf.shot_flops(CFG, s, 16, nc, n, chunks=2, steps=4, context_valid=0) == no_history
 
 
+def test_time_shot_bookkeeping():
+    """Reference: a fake shot of 3 chunks (9, 12, 12 frames) whose durations are known lower bounds."""
+    import time
+
+    import numpy as np
+
+    def chunks():
+        for n in (9, 12, 12):
+            time.sleep(0.01)
+            yield np.zeros((n, 2, 2, 3), np.uint8)
+
+    t = perf.time_shot(lambda: time.sleep(0.02), chunks)
+    assert t.frames == 33 and len(t.per_chunk_s) == 3
+    assert t.text_encode_s >= 0.02 and min(t.per_chunk_s) >= 0.01
+    assert t.first_frame_latency_s == pytest.approx(t.text_encode_s + t.per_chunk_s[0])
+    assert t.total_s >= t.text_encode_s + sum(t.per_chunk_s)
+
+
 @pytest.mark.parametrize("kind, peak", [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
                                         ("NVIDIA H200", 989e12), ("NVIDIA A100-SXM4-80GB", 312e12),
                                         ("TPU v5p", 459e12), ("TPU v5 lite", 197e12), ("TPU v4", 275e12),

@@ -206,8 +206,11 @@ def main(argv):
     for i, chunk_s in enumerate(result["per_chunk_s"], 1):
         print(f"shot {i} per-chunk s: {' '.join(f'{x:.4f}' for x in chunk_s)}")
     if FLAGS.json:
-        with open(FLAGS.json, "w") as f:
-            json.dump(result, f, indent=1)
+        try:
+            with open(FLAGS.json, "w") as f:
+                json.dump(result, f, indent=1)
+        except OSError as e:
+            return fail(PROG, f"--json={FLAGS.json}: {e.strerror}; give a path in a writable directory")
     return 0
 
 
