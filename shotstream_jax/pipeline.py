@@ -145,14 +145,19 @@ class Session:
         cache, target_shot = self._prepare_cache()
         self._cache = None  # donated to the jitted passes below
         decode_cache = p.vae.init_decode_cache(1, *p.latent_hw)
-        decoded = []
+        pending, decoded = [], []
+
+        def decode(x0):
+            nonlocal decode_cache
+            frames, decode_cache = decode_step(p.vae, p.vae.cfg.denormalize(x0), decode_cache)
+            pending.append(frames)
+
         chunks = student.shot_chunks(
             p._graphdef, p._state, cache, jax.random.fold_in(self.key, index), text_kv, target_shot,
             shot_theta=p.shot_theta, timesteps=p.timesteps, chunk_frames=p.chunk_frames,
-            latent_hw=p.latent_hw)
-        for x0, cache in chunks:
-            frames, decode_cache = decode_step(p.vae, p.vae.cfg.denormalize(x0), decode_cache)
-            frames = np.asarray(frames[0])
+            latent_hw=p.latent_hw, before_commit=decode)
+        for _, cache in chunks:
+            frames = np.asarray(pending.pop()[0])
             decoded.append(frames)
             yield to_uint8(frames)
         self._cache = cache

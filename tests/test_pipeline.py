@@ -6,7 +6,7 @@ and the pipeline itself run on a shorter story (causality)."""
 import numpy as np
 import pytest
 
-from shotstream_jax import ShotStream
+from shotstream_jax import ShotStream, pipeline
 from shotstream_jax.models import student, wan_vae
 
 
@@ -20,12 +20,16 @@ def test_default_model_shapes(pipe):
 
 
 def test_streams_chunk_by_chunk(pipe, monkeypatch):
-    calls = []
+    calls, order = [], []
     real = student.denoise_chunk
     monkeypatch.setattr(student, "denoise_chunk", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for module, name in ((student, "commit_chunk"), (pipeline, "decode_step")):
+        fn = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _f=fn, _n=name, **k: order.append(_n) or _f(*a, **k))
     shot = pipe.session("A quiet harbour at dawn.", seed=1).next_shot("Boats rock gently.")
     first = next(shot)
     assert len(calls) == 1  # the first chunk is out before the second is computed
+    assert order == ["decode_step", "commit_chunk"]  # frames do not wait for the commit pass
     assert first.dtype == np.uint8 and first.shape == (9, 32, 32, 3)
     rest = list(shot)
     assert [len(f) for f in rest] == [12] * 6 and len(calls) == 7

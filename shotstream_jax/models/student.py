@@ -33,7 +33,7 @@ Two kinds of entry points:
 from __future__ import annotations
 
 import functools
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import jax
 import jax.numpy as jnp
@@ -266,11 +266,14 @@ def shot_noise(key: jax.Array, cache: DualCache, batch: int, latent_hw: tuple[in
 
 def shot_chunks(graphdef, state, cache: DualCache, key: jax.Array, text_kv: TextKV, target_shot: int, *,
                 shot_theta, timesteps, chunk_frames: int = 3, latent_hw: tuple[int, int],
-                batch: int = 1) -> Iterator[tuple[jax.Array, DualCache]]:
+                batch: int = 1, before_commit: Optional[Callable[[jax.Array], None]] = None,
+                ) -> Iterator[tuple[jax.Array, DualCache]]:
     """Generate one shot chunk by chunk (global cache already filled). Yields (x0 chunk, cache after commit).
 
-    The chunk is ready to decode as soon as it is yielded. Chunk c uses
-    noise[:, 3c:3c+3] of `shot_noise(key)` and re-noise key fold_in(k_steps, c).
+    Chunk c uses noise[:, 3c:3c+3] of `shot_noise(key)` and re-noise key
+    fold_in(k_steps, c). `before_commit(x0)` is called between a chunk's last
+    denoising pass and its commit pass: work it dispatches (the VAE decode)
+    runs on the device ahead of the commit, so frames do not wait for it.
     """
     if cache.shot_frames % chunk_frames:
         raise ValueError(f"shot of {cache.shot_frames} latent frames is not a multiple of {chunk_frames}-frame chunks")
@@ -281,6 +284,8 @@ def shot_chunks(graphdef, state, cache: DualCache, key: jax.Array, text_kv: Text
     for c in range(cache.shot_frames // chunk_frames):
         x0 = denoise_chunk(graphdef, state, cache, noise[:, c * chunk_frames:(c + 1) * chunk_frames],
                            jax.random.fold_in(k_steps, c), text_kv, target_shot, shot_theta, timesteps)
+        if before_commit is not None:
+            before_commit(x0)
         cache = commit_chunk(graphdef, state, cache, x0, text_kv, target_shot, shot_theta)
         yield x0, cache
 
