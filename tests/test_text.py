@@ -7,8 +7,8 @@ import torch
 
 from shotstream_jax.text import TextEncoder, clean_prompt, shot_prompt
 
-transformers = pytest.importorskip("transformers")
-tokenizers = pytest.importorskip("tokenizers")
+import transformers  # noqa: E402  (test extra)
+import tokenizers  # noqa: E402
 
 WORDS = "a the man woman red blue car walks runs street night day camera cuts close-up shot0: shot1:".split()
 TEXT_LEN = 16
@@ -94,7 +94,7 @@ def test_shot_prompt_matches_shotstream():
 
 def test_sentencepiece_tokenizer(model_dir, tmp_path):
     """Reference: sentencepiece's own encode + T5's trailing </s> (as the umT5 spiece.model is used)."""
-    spm = pytest.importorskip("sentencepiece")
+    import sentencepiece as spm
     corpus = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))] * 4
     spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_prefix=str(tmp_path / "spiece"),
                                    vocab_size=40, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,

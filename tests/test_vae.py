@@ -10,25 +10,15 @@ from flax import nnx
 from shotstream_jax import convert
 from shotstream_jax.convert import CheckpointError
 from shotstream_jax.models.wan_vae import WanVAEConfig, _decode_step, decode_step
+from tests.torch_refs import TINY_VAE as TINY
+from tests.torch_refs import tiny_wan_vae
 
-diffusers = pytest.importorskip("diffusers")
-
-TINY = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
-            temperal_downsample=[False, True, True])
 H, W = 16, 24  # latents 2 x 3
 
 
 @pytest.fixture(scope="module")
 def ref():
-    torch.manual_seed(0)
-    m = diffusers.AutoencoderKLWan(**TINY).eval()
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if name.endswith("gamma"):  # non-trivial norm scales
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-            elif name.endswith("bias"):
-                p.copy_(0.05 * torch.randn_like(p))
-    return m
+    return tiny_wan_vae()
 
 
 def _original_name(key: str) -> str:

@@ -69,7 +69,14 @@ TINY_VAE = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
 def tiny_wan_vae(seed=0):
     from diffusers import AutoencoderKLWan
     torch.manual_seed(seed)
-    return AutoencoderKLWan(**TINY_VAE).eval()
+    m = AutoencoderKLWan(**TINY_VAE).eval()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith("gamma"):  # non-trivial norm scales
+                p.copy_(1 + 0.2 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.copy_(0.05 * torch.randn_like(p))
+    return m
 
 
 def tiny_umt5_dir(path, words=("a", "the", "shot", "city", "night", "rain", "cat"), d_model=32, seed=0):
