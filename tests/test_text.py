@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from shotstream_jax.text import TextEncoder, clean_prompt, shot_prompt
+import transformers
 
-import transformers  # noqa: E402  (test extra)
-import tokenizers  # noqa: E402
+from tests.torch_refs import tiny_umt5_dir
 
 WORDS = "a the man woman red blue car walks runs street night day camera cuts close-up shot0: shot1:".split()
 TEXT_LEN = 16
@@ -16,17 +16,7 @@ TEXT_LEN = 16
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("umt5")
-    torch.manual_seed(0)
-    cfg = transformers.UMT5Config(vocab_size=64, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2,
-                                  feed_forward_proj="gated-gelu", dropout_rate=0.0)
-    transformers.UMT5EncoderModel(cfg).eval().save_pretrained(d)
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = tokenizers.processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    tok.save(str(d / "tokenizer.json"))
-    return d
+    return tiny_umt5_dir(tmp_path_factory.mktemp("umt5"), WORDS)
 
 
 @pytest.fixture(scope="module")

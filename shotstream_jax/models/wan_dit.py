@@ -202,7 +202,9 @@ class MLP(nnx.Module):
 # ---------------------------------------------------------------- attention
 
 
-class SelfAttention(nnx.Module):
+class _Attention(nnx.Module):
+    """q, k, v, o projections with RMS-normed q and k over the full width (Wan's qk_norm)."""
+
     def __init__(self, cfg: WanDiTConfig, rngs: nnx.Rngs):
         self.cfg = cfg
         d = cfg.dim
@@ -214,6 +216,8 @@ class SelfAttention(nnx.Module):
         self.norm_q = RMSNorm(d, cfg.eps, param_dtype=pd, axis_name="heads")
         self.norm_k = RMSNorm(d, cfg.eps, param_dtype=pd, axis_name="heads")
 
+
+class SelfAttention(_Attention):
     def qkv(self, x: jax.Array, rope: RoPE):
         """x [B, N, D] -> roped q, k and v, each [B, N, H, Dh] in the compute dtype."""
         b, n, _ = x.shape
@@ -233,18 +237,7 @@ class SelfAttention(nnx.Module):
         return self.o(out.reshape(x.shape[0], x.shape[1], -1)), (k, v)
 
 
-class CrossAttention(nnx.Module):
-    def __init__(self, cfg: WanDiTConfig, rngs: nnx.Rngs):
-        self.cfg = cfg
-        d = cfg.dim
-        self.q = _linear(cfg, d, d, ("embed", "heads"), rngs)
-        self.k = _linear(cfg, d, d, ("embed", "heads"), rngs)
-        self.v = _linear(cfg, d, d, ("embed", "heads"), rngs)
-        self.o = _linear(cfg, d, d, ("heads", "embed"), rngs)
-        pd = jnp.dtype(cfg.param_dtype)
-        self.norm_q = RMSNorm(d, cfg.eps, param_dtype=pd, axis_name="heads")
-        self.norm_k = RMSNorm(d, cfg.eps, param_dtype=pd, axis_name="heads")
-
+class CrossAttention(_Attention):
     def text_kv(self, text: jax.Array) -> tuple[jax.Array, jax.Array]:
         """text tokens [..., L, D] -> k, v [..., L, H, Dh]; once per prompt, reused by every pass."""
         shape = (*text.shape[:-1], self.cfg.num_heads, self.cfg.head_dim)
