@@ -29,6 +29,7 @@ import imageio.v2 as imageio
 import numpy as np
 from PIL import Image
 
+from shotstream_jax import context
 from shotstream_jax.data import manifest, toy
 
 log = logging.getLogger(__name__)
@@ -73,15 +74,10 @@ def target_frame_indices(start: int, end: int, n: int) -> np.ndarray:
 
 
 def context_frame_indices(ranges, budget: int) -> tuple[np.ndarray, np.ndarray]:
-    """Dynamic sampling over history shots `ranges` -> (pixel frame indices [budget], source shot [budget])."""
-    s = len(ranges)
-    counts = [budget // s] * s
-    counts[-1] += budget - sum(counts)
-    idx, shot = [], []
-    for k, ((a, b), c) in enumerate(zip(ranges, counts)):
-        idx += np.round(np.linspace(a, b - 1, c)).astype(np.int64).tolist()
-        shot += [k] * c
-    return np.asarray(idx, np.int64), np.asarray(shot, np.int32)
+    """History shots `ranges` -> (pixel frame indices [budget], source shot [budget]), by `context.sample_context`."""
+    picks = context.sample_context([b - a for a, b in ranges], budget)
+    idx = np.asarray([ranges[k][0] + i for k, i in picks], np.int64)
+    return idx, np.asarray([k for k, _ in picks], np.int32)
 
 
 def build_example(clip: manifest.Clip, cfg, encode_video: Callable, encode_text: Callable) -> Example:
