@@ -1,0 +1,65 @@
+"""The bidirectional next-shot teacher: WanDiT over FrameConcat(context, noisy target).
+
+As in the public code (`model/flow_matching.py`, `Teacher_Ode_Sample.py`):
+  * one self-attention over context + target frames, no new parameters;
+  * ONE timestep for every frame, the clean context frames included (they are
+    fed at the target's t, not at t=0);
+  * multi-caption: frame f cross-attends to prompt `frame_prompt[f]` (its
+    source shot; the target's own prompt for target frames);
+  * RoPE positions / shot indices from `context.shot_layout`;
+  * loss: MSE between the target frames' velocity and eps - x0, times the
+    table's training weight of t (`FlowMatchScheduler.training_weight`).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from shotstream_jax import schedule
+from shotstream_jax.models.wan_dit import TextKV, WanDiT
+
+
+def teacher_velocity(dit: WanDiT, context_latents: jax.Array, noisy_target: jax.Array, t: jax.Array,
+                     text: Optional[jax.Array] = None, *, text_kv: Optional[TextKV] = None,
+                     frame_prompt: Optional[jax.Array] = None, frame_pos: Optional[jax.Array] = None,
+                     frame_shot: Optional[jax.Array] = None, shot_theta: float = 0.0) -> jax.Array:
+    """Velocity of the target frames.
+
+    Args:
+      context_latents: f32[B, Nc, h, w, 16] clean context latents.
+      noisy_target: f32[B, T, h, w, 16].
+      t: f32[B] timestep of all frames.
+      text / text_kv: [B, P, L, text_dim] prompts with `frame_prompt` int32[Nc + T],
+        or one prompt [B, L, text_dim] for every frame (frame_prompt None).
+      frame_pos, frame_shot: int32[Nc + T] (a `context.ShotLayout`).
+    Returns:
+      f32[B, T, h, w, 16].
+    """
+    x = jnp.concatenate([context_latents.astype(noisy_target.dtype), noisy_target], axis=1)
+    v = dit(x, t, text, text_kv=text_kv, frame_prompt=frame_prompt, frame_pos=frame_pos,
+            frame_shot=frame_shot, shot_theta=shot_theta)
+    return v[:, context_latents.shape[1]:]
+
+
+def teacher_loss(dit: WanDiT, key: jax.Array, context_latents: jax.Array, target_latents: jax.Array,
+                 text: Optional[jax.Array] = None, *, text_kv: Optional[TextKV] = None,
+                 frame_prompt=None, frame_pos=None, frame_shot=None, shot_theta: float = 0.0,
+                 shift: float = 8.0, weighted: bool = True) -> tuple[jax.Array, dict]:
+    """Flow-matching loss on the target frames only; t ~ table[randint(0, 1000)] per sample.
+
+    Returns (scalar loss, {'t': f32[B], 'per_sample': f32[B]}).
+    """
+    k_t, k_eps = jax.random.split(key)
+    b = target_latents.shape[0]
+    t = schedule.sample_training_timesteps(k_t, (b,), shift)
+    noise = jax.random.normal(k_eps, target_latents.shape, jnp.float32)
+    x_t = schedule.add_noise(target_latents.astype(jnp.float32), noise, t, shift)
+    v = teacher_velocity(dit, context_latents, x_t, t, text, text_kv=text_kv, frame_prompt=frame_prompt,
+                         frame_pos=frame_pos, frame_shot=frame_shot, shot_theta=shot_theta)
+    err = jnp.square(v.astype(jnp.float32) - schedule.velocity_target(target_latents.astype(jnp.float32), noise))
+    per_sample = jnp.mean(err, axis=tuple(range(1, err.ndim)))
+    if weighted:
+        per_sample = per_sample * jnp.asarray(schedule.training_weights(shift))[schedule.table_index(t, shift)]
+    return jnp.mean(per_sample), {"t": t, "per_sample": per_sample}
