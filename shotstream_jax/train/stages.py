@@ -247,8 +247,7 @@ class Stage:
         key = jax.random.PRNGKey(self.cfg.train.seed)
         abstract = jax.eval_shape(self._init_state, key)
         sh = self.state_shardings(abstract)
-        with jax.sharding.use_mesh(self.mesh):
-            state = jax.jit(self._init_state, out_shardings=sh)(key)
+        state = jax.jit(self._init_state, out_shardings=sh)(key)
         return state, sh
 
     def init_consts(self):
