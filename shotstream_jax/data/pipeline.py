@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 
 Example = dict[str, np.ndarray]
 
+# The reference's negative prompt (tools/train/config/*.yaml): the unconditional branch of CFG.
+NEGATIVE_PROMPT = ("色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
+                   "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，"
+                   "形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走")
+
 
 def read_video(path: str, num_frames: int) -> np.ndarray:
     """The first `num_frames` frames of a video, uint8[T, H, W, 3]; ValueError when it has fewer."""

@@ -1,7 +1,8 @@
 """Pre-encode a manifest into training examples: `python -m shotstream_jax.data.preencode`.
 
 Writes DIR/000000.npz ... (one example each, the fields of `pipeline.build_example`,
-text embeddings as float16 to halve the disk) and DIR/index.json. Training
+text embeddings as float16 to halve the disk), DIR/negative_text.npy (the CFG
+unconditional embedding) and DIR/index.json. Training
 reads them with `--config.data.latents_dir=DIR`, skipping video decoding and the
 VAE/text encoder entirely.
 """
@@ -35,6 +36,8 @@ def preencode(cfg, manifest_path: str, out_dir: str, encode_video, encode_text, 
             ex["text"] = ex["text"].astype(np.float16)
             np.savez(os.path.join(tmp, f"{written:06d}.npz"), **ex)
             written += 1
+        np.save(os.path.join(tmp, "negative_text.npy"),
+                encode_text([pipeline.NEGATIVE_PROMPT])[0].astype(np.float16))
         checkpoint.write_json(os.path.join(tmp, "index.json"), {
             "manifest": os.path.abspath(manifest_path), "examples": written, "skipped": skipped,
             "size": cfg.size, "height": cfg.video.height, "width": cfg.video.width})

@@ -18,6 +18,7 @@ Networks:
 from __future__ import annotations
 
 import logging
+import os
 from typing import Callable
 
 import jax
@@ -28,6 +29,7 @@ from flax import nnx
 
 from shotstream_jax import context as context_lib
 from shotstream_jax import model_dir, schedule, sharding
+from shotstream_jax.data import pipeline
 from shotstream_jax.kernels import MaskSpec
 from shotstream_jax.models import teacher as teacher_lib
 from shotstream_jax.models.wan_dit import WanDiT, WanDiTConfig
@@ -35,10 +37,6 @@ from shotstream_jax.train import lora as lora_lib
 from shotstream_jax.train import losses
 
 log = logging.getLogger(__name__)
-
-NEGATIVE_PROMPT = ("色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
-                   "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，"
-                   "形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走")
 
 
 # ------------------------------------------------------------------ networks
@@ -446,15 +444,14 @@ STAGES = {"teacher": TeacherStage, "ode_init": OdeInitStage, "dmd_intra": DmdSta
 
 def negative_embedding(cfg) -> jax.Array:
     """Text embedding of the reference's negative prompt, the unconditional branch of CFG: [L, Dt]."""
-    from shotstream_jax.data import pipeline
     if cfg.data.latents_dir:
-        path = f"{cfg.data.latents_dir}/negative_text.npy"
+        path = os.path.join(cfg.data.latents_dir, "negative_text.npy")
         try:
             return jnp.asarray(np.load(path).astype(np.float32))
         except OSError as e:
             raise FileNotFoundError(f"{path}: missing; pre-encode the data again to write it") from e
     _, encode_text = pipeline.encoders(cfg)
-    return jnp.asarray(encode_text([NEGATIVE_PROMPT])[0])
+    return jnp.asarray(encode_text([pipeline.NEGATIVE_PROMPT])[0])
 
 
 # ------------------------------------------------------------------ ODE pairs
