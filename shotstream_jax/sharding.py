@@ -40,15 +40,15 @@ def maybe_initialize_distributed() -> None:
         log.info("distributed: process %d of %d", jax.process_index(), jax.process_count())
 
 
-def make_mesh(mesh_cfg) -> Mesh:
-    """A (data, fsdp, tensor) mesh over all devices; the sizes must multiply to the device count."""
+def make_mesh(mesh_cfg, devices=None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over `devices` (default all); the sizes must multiply to their count."""
     shape = tuple(int(mesh_cfg[a]) for a in AXES)
-    n = jax.device_count()
+    devices = jax.devices() if devices is None else devices
+    n = len(devices)
     if math.prod(shape) != n:
         raise ValueError(f"mesh data={shape[0]} x fsdp={shape[1]} x tensor={shape[2]} = {math.prod(shape)} "
                          f"devices, but {n} are available; set --config.mesh.* so that they multiply to {n}")
-    devices = np.asarray(jax.devices()).reshape(shape)
-    return Mesh(devices, AXES)
+    return Mesh(np.asarray(devices).reshape(shape), AXES)
 
 
 def _spec(names, shape, mesh: Mesh) -> P:
