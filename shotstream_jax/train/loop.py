@@ -18,9 +18,9 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import nnx
 from tqdm import tqdm
 
 from shotstream_jax import sharding
@@ -113,27 +113,26 @@ def train(cfg, workdir: str, progress: bool = True) -> dict:
     bar = tqdm(total=cfg.train.steps, initial=start, desc=cfg.stage, unit="step",
                disable=not progress or jax.process_index() != 0)
     step_fn, m = None, {}
-    if True:
-        for s in range(start, cfg.train.steps):
-            t0 = time.perf_counter()
-            batch = next(it)
-            if step_fn is None:
-                step_fn = stage.compile(state_sh, consts, batch)
-            state, out = step_fn(state, consts, sharding.shard_batch(mesh, batch))
-            m = {k: float(v) for k, v in jax.device_get(out).items()}
-            m.update(step=s + 1, step_time=time.perf_counter() - t0)
-            if jax.process_index() == 0:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(_jsonable(m)) + "\n")
-                if writer is not None and (s + 1) % cfg.train.log_every == 0:
-                    for k, v in m.items():
-                        if k != "step" and math.isfinite(v):
-                            writer.add_scalar(f"{cfg.stage}/{k}", v, s + 1)
-            bar.set_postfix(loss=f"{m['loss']:.4f}")
-            bar.update(1)
-            mngr.save(s + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                     data=ocp.args.JsonSave(it.get_state())),
-                      force=s + 1 == cfg.train.steps)
+    for s in range(start, cfg.train.steps):
+        t0 = time.perf_counter()
+        batch = next(it)
+        if step_fn is None:
+            step_fn = stage.compile(state_sh, consts, batch)
+        state, out = step_fn(state, consts, sharding.shard_batch(mesh, batch))
+        m = {k: float(v) for k, v in jax.device_get(out).items()}
+        m.update(step=s + 1, step_time=time.perf_counter() - t0)
+        if jax.process_index() == 0:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(_jsonable(m)) + "\n")
+            if writer is not None and (s + 1) % cfg.train.log_every == 0:
+                for k, v in m.items():
+                    if k != "step" and math.isfinite(v):
+                        writer.add_scalar(f"{cfg.stage}/{k}", v, s + 1)
+        bar.set_postfix(loss=f"{m['loss']:.4f}")
+        bar.update(1)
+        mngr.save(s + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                 data=ocp.args.JsonSave(it.get_state())),
+                  force=s + 1 == cfg.train.steps)
     bar.close()
     mngr.wait_until_finished()
     mngr.close()
@@ -152,13 +151,13 @@ def write_ode_pairs(cfg, workdir: str, mesh, out_dir: str) -> dict:
     """
     src = pipeline.source(cfg, workdir)
     stage = stages.DmdStage(cfg, mesh)
-    teacher = stage._teacher()
+    graphdef, params = nnx.split(stage._teacher())
     uncond = stages.negative_embedding(cfg)
     os.makedirs(out_dir, exist_ok=True)
 
     @jax.jit
-    def sample(ex, key):
-        return stages.ode_trajectory(cfg, teacher, ex, key, uncond)
+    def sample(params, ex, key):
+        return stages.ode_trajectory(cfg, nnx.merge(graphdef, params), ex, key, uncond)
 
     written = 0
     for i in tqdm(range(jax.process_index(), len(src), jax.process_count()), desc="ode_pairs", unit="example"):
@@ -168,7 +167,7 @@ def write_ode_pairs(cfg, workdir: str, mesh, out_dir: str) -> dict:
         ex = src[i]
         if ex is None:
             continue
-        rec, x0 = jax.device_get(sample(ex, jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed), i)))
+        rec, x0 = jax.device_get(sample(params, ex, jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed), i)))
         tmp = path + ".tmp.npz"
         np.savez(tmp, **dict(ex, target=np.asarray(x0), ode=np.asarray(rec)))
         os.replace(tmp, path)
