@@ -9,6 +9,9 @@ skip whole key blocks:
   * `q_chunk` int32 [Lq] / `kv_chunk` int32 [Lk]: block-causal chunk ids; a
     query sees a key only when kv_chunk <= q_chunk.
 A query must always see at least one key.
+
+Implementations: `_xla` (reference) and `_cudnn` here, our Pallas GPU kernel in
+`flash_gpu.py`, JAX's TPU splash kernel wrapped in `splash_tpu.py`.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+
+from shotstream_jax.kernels import flash_gpu, splash_tpu
 
 IMPLS = ("auto", "xla", "cudnn", "pallas", "pallas_interpret", "tpu_splash")
 
@@ -61,22 +66,58 @@ def _cudnn(q, k, v, mask: Optional[MaskSpec]):
     return jax.nn.dot_product_attention(q, k, v, mask=m, implementation="cudnn")
 
 
-def _auto_impl(q) -> str:
+def _cudnn_supports(q, k, mask: Optional[MaskSpec]) -> bool:
+    """The conditions jax's cuDNN flash attention checks, decided before tracing."""
+    d = q.shape[-1]
+    if q.dtype not in (jnp.bfloat16, jnp.float16) or d > 128 or d % 8:
+        return False
+    # A mask reaches cuDNN as a dense bias, and its bias backward wants even lengths.
+    has_mask = mask is not None and (mask.kv_valid is not None or mask.q_chunk is not None)
+    return not has_mask or (q.shape[1] % 2 == 0 and k.shape[1] % 2 == 0)
+
+
+def _auto_impl(q, k, mask: Optional[MaskSpec]) -> str:
     backend = jax.default_backend()
-    if backend == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
-        return "cudnn"
+    if backend == "gpu":
+        return "cudnn" if _cudnn_supports(q, k, mask) else "pallas"
+    if backend == "tpu":
+        return "tpu_splash"
     return "xla"
+
+
+# impl -> (backend it needs, what to use elsewhere)
+_NEEDS_BACKEND = {
+    "cudnn": ("gpu", "impl='xla', or 'auto'"),
+    "pallas": ("gpu", "impl='pallas_interpret' to run the same kernel in the "
+                      "Pallas interpreter (slow, for tests), or 'auto'"),
+    "tpu_splash": ("tpu", "impl='xla', or 'auto'"),
+}
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array,
               mask: Optional[MaskSpec] = None, impl: str = "auto") -> jax.Array:
-    """softmax(q k^T / sqrt(D)) v over heads, with an optional `MaskSpec`."""
+    """softmax(q k^T / sqrt(D)) v over heads, with an optional `MaskSpec`.
+
+    impl: "xla" (einsum reference), "cudnn" (GPU, bf16/f16), "pallas" (our
+    GPU flash kernel), "pallas_interpret" (the same kernel interpreted, any
+    backend), "tpu_splash" (JAX's splash kernel on TPU) or "auto" (the
+    fastest available on the default backend).
+    """
     if impl not in IMPLS:
         raise ValueError(f"unknown attention impl {impl!r}; choose one of {IMPLS}")
     if impl == "auto":
-        impl = _auto_impl(q)
+        impl = _auto_impl(q, k, mask)
+    if impl in _NEEDS_BACKEND:
+        needed, instead = _NEEDS_BACKEND[impl]
+        backend = jax.default_backend()
+        if backend != needed:
+            raise ValueError(f"attention impl {impl!r} needs a {needed.upper()} backend "
+                             f"but JAX's default backend is {backend!r}; use {instead} "
+                             "(shotstream_jax/kernels/attention.py)")
     if impl == "xla":
         return _xla(q, k, v, mask)
     if impl == "cudnn":
         return _cudnn(q, k, v, mask)
-    raise NotImplementedError(f"attention impl {impl!r} is not available yet")
+    if impl == "tpu_splash":
+        return splash_tpu.splash_attention(q, k, v, mask)
+    return flash_gpu.flash_attention(q, k, v, mask, interpret=impl == "pallas_interpret")

@@ -1,0 +1,93 @@
+"""Attention kernels at the student's shapes: pallas vs cudnn vs xla on GPU.
+
+B=1, H=12, D=128, bf16; Lq=4680 (one 3-frame chunk at 832x480) against
+Lk = 4680 (the chunk alone), 9360 (6 frames, the size of the global cache),
+42120 (27 frames: global + full local cache) and 512 (text cross-attention);
+plus the 42120 buffer mid-shot ("cache/2"): a kv_valid mask hides the 9
+unwritten local-cache frames, as in the student's fixed-size cache (its
+TFLOP/s count the nominal, unmasked Lk, so skipping shows as a higher rate).
+One line per (shape, impl, pass) with milliseconds and TFLOP/s, then the
+pallas/cudnn time ratio. FLOPs: 4*B*H*Lq*Lk*D forward; forward+backward
+counts 3.5x that (the backward's five matmuls against the forward's two).
+
+Usage: python benchmarks/attention.py [--iters N]
+Exits 0 with a message when JAX has no GPU backend.
+"""
+import argparse
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # a checkout needs no install
+from shotstream_jax.kernels import MaskSpec, attention  # noqa: E402
+
+B, H, D, LQ = 1, 12, 128, 4680
+FRAME = 1560  # tokens per latent frame at 832x480
+# (name, Lk, key frames [start, end) left unwritten in the cache buffer)
+SHAPES = (("chunk", 4680, None), ("global", 9360, None), ("cache", 42120, None),
+          ("cache/2", 42120, (15, 24)), ("cross", 512, None))
+IMPLS = ("pallas", "cudnn", "xla")
+PASSES = {"fwd": 1.0, "fwd+bwd": 3.5}
+
+
+def _fn(impl: str, pass_name: str, mask):
+    fwd = lambda q, k, v: attention(q, k, v, mask, impl=impl)
+    if pass_name == "fwd":
+        return jax.jit(fwd)
+    loss = lambda q, k, v: fwd(q, k, v).astype(jnp.float32).sum()
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+
+
+def _time_ms(f, args, iters: int) -> float:
+    jax.block_until_ready(f(*args))  # compile and warm up
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(*args))
+        times.append(time.perf_counter() - t0)
+    return 1e3 * sorted(times)[len(times) // 2]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iters", type=int, default=20)
+    args = parser.parse_args()
+    backend = jax.default_backend()
+    if backend != "gpu":
+        print(f"benchmarks/attention.py: no GPU backend (JAX default backend is "
+              f"{backend!r}); nothing measured.")
+        return 0
+    print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, "
+          f"B={B} H={H} D={D} bf16, Lq={LQ}")
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    for shape_name, lk, hole in SHAPES:
+        mask = None
+        if hole is not None:
+            pos = jnp.arange(lk)
+            mask = MaskSpec(kv_valid=((pos < hole[0] * FRAME) | (pos >= hole[1] * FRAME))[None])
+        q = jax.random.normal(keys[0], (B, LQ, H, D), jnp.bfloat16)
+        k = jax.random.normal(keys[1], (B, lk, H, D), jnp.bfloat16)
+        v = jax.random.normal(keys[2], (B, lk, H, D), jnp.bfloat16)
+        fwd_flops = 4 * B * H * LQ * lk * D
+        for pass_name, factor in PASSES.items():
+            ms = {}
+            for impl in IMPLS:
+                label = f"{shape_name:7s} Lk={lk:5d} {pass_name:7s} {impl:6s}"
+                try:
+                    ms[impl] = _time_ms(_fn(impl, pass_name, mask), (q, k, v), args.iters)
+                except Exception as e:  # one failing impl (e.g. OOM) must not hide the others
+                    print(f"{label}: failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+                    continue
+                tflops = factor * fwd_flops / (ms[impl] * 1e-3) / 1e12
+                print(f"{label}: {ms[impl]:8.3f} ms  {tflops:6.1f} TFLOP/s")
+            if "pallas" in ms and "cudnn" in ms:
+                print(f"{shape_name:7s} Lk={lk:5d} {pass_name:7s} pallas/cudnn time: "
+                      f"{ms['pallas'] / ms['cudnn']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""shotstream-generate: a multi-shot story -> one mp4, streamed shot by shot, chunk by chunk.
+
+From a story file:
+  shotstream-generate --story=examples/story.json --out=story.mp4
+Interactively (one shot prompt per line; an empty line or EOF ends the story):
+  shotstream-generate --interactive --global_caption="A rainy night city." --out=story.mp4
+
+Story files are {"global_caption": ..., "shots": [...]} or the reference caption
+format {"global_caption": ..., "shot1": ..., "shot2": ...}. Without --model the
+bundled default model is used.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("story", None, "Story JSON file (see --helpfull for the format).")
+flags.DEFINE_bool("interactive", False, "Read shot prompts from stdin, one per line, generating each "
+                  "shot as soon as its line arrives.")
+flags.DEFINE_string("global_caption", None, "Global caption for --interactive (default: the first line read).")
+flags.DEFINE_string("out", "story.mp4", "Output mp4 (16 fps H.264; written atomically).")
+flags.DEFINE_string("model", None, "Model directory (default: the bundled default model).")
+flags.DEFINE_integer("seed", 0, "Random seed; the same seed and prompts give the same video.")
+flags.DEFINE_bool("progress", True, "Show a progress bar per shot.")
+
+PROG = "shotstream-generate"
+
+
+def _interactive_prompts(stream):
+    """Yields stripped lines until an empty line or EOF."""
+    tty = stream.isatty()
+    while True:
+        if tty:
+            print("next shot> ", end="", file=sys.stderr, flush=True)
+        line = stream.readline()
+        if not line or not line.strip():
+            return
+        yield line.strip()
+
+
+def generate(pipe, global_caption, prompts, out, seed, progress=True):
+    """Stream every shot into `out`; returns (frames, seconds)."""
+    from tqdm import tqdm
+
+    from shotstream_jax.video_io import VideoWriter
+    session = pipe.session(global_caption, seed=seed)
+    start = time.perf_counter()
+    with VideoWriter(out, fps=pipe.fps) as writer:
+        for i, prompt in enumerate(prompts, 1):
+            bar = tqdm(total=pipe.chunks_per_shot, desc=f"shot {i}", unit="chunk",
+                       disable=not progress, file=sys.stderr, leave=True)
+            for frames in session.next_shot(prompt):
+                writer.write(frames)
+                bar.update(1)
+            bar.close()
+    return writer.frames_written, time.perf_counter() - start
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from shotstream_jax.pipeline import ShotStream
+    from shotstream_jax.story import StoryError, check_prompt, load_story
+    if bool(FLAGS.story) == FLAGS.interactive:
+        raise app.UsageError("give exactly one of --story=FILE or --interactive")
+    try:
+        if FLAGS.story:
+            story = load_story(FLAGS.story)
+            global_caption, prompts = story.global_caption, story.shots
+        else:
+            prompts = _interactive_prompts(sys.stdin)
+            global_caption = FLAGS.global_caption
+            if global_caption is None:
+                if sys.stdin.isatty():
+                    print("global caption> ", end="", file=sys.stderr, flush=True)
+                global_caption = sys.stdin.readline()
+            global_caption = check_prompt(global_caption, "global caption")
+        pipe = ShotStream.load(FLAGS.model)
+        frames, seconds = generate(pipe, global_caption, prompts, FLAGS.out, FLAGS.seed, FLAGS.progress)
+    except (StoryError, ValueError, OSError) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; no output written", file=sys.stderr)
+        return 130
+    print(f"wrote {FLAGS.out}: {frames} frames in {seconds:.1f} s ({frames / seconds:.2f} FPS)")
+    return 0
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
