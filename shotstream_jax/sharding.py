@@ -36,7 +36,11 @@ def maybe_initialize_distributed() -> None:
     multi = (env.get("JAX_COORDINATOR_ADDRESS") or int(env.get("SLURM_NTASKS", "1")) > 1
              or "," in env.get("TPU_WORKER_HOSTNAMES", "") or env.get("SHOTSTREAM_DISTRIBUTED") == "1")
     if multi and not jax.distributed.is_initialized():
-        jax.distributed.initialize()
+        kw = {}
+        if env.get("JAX_COORDINATOR_ADDRESS") and env.get("JAX_PROCESS_ID"):
+            kw = dict(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+                      num_processes=int(env["JAX_NUM_PROCESSES"]), process_id=int(env["JAX_PROCESS_ID"]))
+        jax.distributed.initialize(**kw)
         log.info("distributed: process %d of %d", jax.process_index(), jax.process_count())
 
 
