@@ -166,7 +166,8 @@ def source(cfg, workdir: str, min_shots: int = 2):
     return ClipSource(clips, cfg, *encoders(cfg))
 
 
-def dataset(src, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1):
+def dataset(src, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1,
+            num_threads: int = 2):
     """Infinite grain pipeline of stacked batches for this process; reshuffled every epoch.
 
     `batch_size` is the per-process batch. Broken examples (None) are dropped
@@ -177,4 +178,6 @@ def dataset(src, batch_size: int, seed: int, process_index: int = 0, process_cou
     if process_count > 1:
         ds = ds[process_index::process_count]
     ds = ds.seed(seed).shuffle().repeat(None)
-    return ds.to_iter_dataset().batch(batch_size)
+    # Few decoding threads: video decoding shares the host's cores with the input transfers.
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * batch_size)
+                              ).batch(batch_size)
