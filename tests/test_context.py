@@ -59,3 +59,28 @@ def test_shot_layout():
     assert context.shot_theta(cfg) == pytest.approx(1 / 6)
     cfg.shot_indicator = False
     assert context.shot_theta(cfg) == 0.0
+
+
+def test_rope_angles_follow_shot_phase_formula():
+    """Reference: temporal angle phi_j * t + k * theta written out by hand (rope_angles on a ShotLayout)."""
+    import jax.numpy as jnp
+
+    from shotstream_jax.models.wan_dit import WanDiTConfig, rope_angles, rope_frequencies
+
+    cfg = WanDiTConfig.from_size("tiny", text_dim=32, freq_dim=32, text_len=16)
+    d = cfg.head_dim  # 32: temporal pairs d/2 - 2 (d // 6) = 6
+    n_t = (d - 4 * (d // 6)) // 2
+    phi = 1.0 / 10000 ** (np.arange(0, 2 * n_t, 2) / (2 * n_t))
+    cases = {  # shot index -> context source shots
+        0: [],
+        1: [0] * 6,
+        2: [0, 0, 0, 1, 1, 1],
+    }
+    for shot, ctx in cases.items():
+        lay = context.shot_layout(ctx, shot, target_frames=21)
+        for theta in (1 / 6, 0.0):
+            rope = rope_angles(cfg, jnp.asarray(lay.frame_pos), jnp.asarray(lay.frame_shot), 1, 1, theta)
+            got = np.arctan2(np.asarray(rope.sin), np.asarray(rope.cos))[:, :n_t]
+            ks = (ctx or [0] * 6) + [shot + 1 if shot == 0 else shot] * 21
+            want = np.array([[t * p + k * theta for p in phi] for t, k in zip(range(27), ks)])
+            np.testing.assert_allclose(np.cos(got - want), 1.0, atol=1e-6)

@@ -1,0 +1,320 @@
+"""The causal 4-step student with ShotStream's dual KV cache.
+
+A shot of T latent frames (21) is generated chunk by chunk (3 frames). Every
+self-attention query of a chunk sees
+    keys = concat(global cache, local cache, this chunk)
+  * global cache: roped K/V of the context frames (6 frames sampled from past
+    shots), written once per shot by a t=0 pass over the context latents in
+    which the context frames attend only to each other;
+  * local cache: roped K/V of this shot's finished chunks, each written by a
+    t=0 "commit" pass over the chunk's final x0 after its denoising steps.
+Per chunk: 4 denoising passes + 1 commit; per shot 7 x (4 + 1) + 1 = 36 passes.
+
+RoPE (`context.shot_layout`): context frames at positions 0..5 with their
+source shot index, target frames at 6 + frame index within the shot with shot
+index = last context shot + 1 (`causal_model.py`: start_frame =
+current_start_frame + condition frames). Context tokens are always at t=0.
+
+Caches are fixed-size buffers in a `DualCache` pytree with validity masks and
+a traced write index, passed into and returned from the jitted functions, so
+one compile serves every chunk and every shot. An empty global cache (first
+shot) is masked out rather than attended to; the original instead runs its
+context pass over 6 all-zero latents in shot 0 (`causal_inference_ar.py`),
+which `fill_global_cache` reproduces when given zero latents marked valid.
+
+Two kinds of entry points:
+  * on an `nnx` module (`context_pass`, `chunk_velocity`, `denoise`,
+    `commit`, `full_sequence_velocity`), to be composed inside a caller's
+    transform (training);
+  * jitted on (graphdef, state) (`fill_global_cache`, `denoise_chunk`,
+    `commit_chunk`) and the Python drivers `shot_chunks` / `generate_shot`
+    (inference), plus `rollout_shot` for Self-Forcing training.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Iterator, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from shotstream_jax import schedule
+from shotstream_jax.kernels import MaskSpec
+from shotstream_jax.models.wan_dit import TextKV, WanDiT, WanDiTConfig
+
+
+@struct.dataclass
+class DualCache:
+    """Student KV caches. K/V are roped, [layers, B, frames * frame_tokens, heads, head_dim]."""
+    global_k: jax.Array
+    global_v: jax.Array
+    global_valid: jax.Array  # bool [B, Ng]: False for empty context slots
+    local_k: jax.Array
+    local_v: jax.Array
+    num_local: jax.Array  # int32 []: frames of this shot committed so far
+    frame_tokens: int = struct.field(pytree_node=False)
+
+    @property
+    def context_frames(self) -> int:
+        return self.global_k.shape[2] // self.frame_tokens
+
+    @property
+    def shot_frames(self) -> int:
+        return self.local_k.shape[2] // self.frame_tokens
+
+    def nbytes(self) -> int:
+        return sum(x.nbytes for x in jax.tree.leaves(self))
+
+
+def frame_tokens(cfg: WanDiTConfig, latent_hw: tuple[int, int]) -> int:
+    _, ph, pw = cfg.patch_size
+    return (latent_hw[0] // ph) * (latent_hw[1] // pw)
+
+
+def init_cache(cfg: WanDiTConfig, batch: int, latent_hw: tuple[int, int], dtype=None,
+               context_frames: int = 6, shot_frames: int = 21) -> DualCache:
+    """Empty caches (global cache masked out, write index 0). dtype defaults to the compute dtype."""
+    ft = frame_tokens(cfg, latent_hw)
+    dtype = jnp.dtype(dtype or cfg.dtype)
+
+    def zeros(frames):
+        return jnp.zeros((cfg.num_layers, batch, frames * ft, cfg.num_heads, cfg.head_dim), dtype)
+
+    return DualCache(zeros(context_frames), zeros(context_frames),
+                     jnp.zeros((batch, context_frames * ft), bool),
+                     zeros(shot_frames), zeros(shot_frames), jnp.zeros((), jnp.int32), ft)
+
+
+# ---------------------------------------------------------------- passes on a module
+
+
+def context_pass(dit: WanDiT, cache: DualCache, latents: jax.Array, text_kv: TextKV, frame_shot: jax.Array,
+                 frame_prompt: Optional[jax.Array] = None, valid: Optional[jax.Array] = None,
+                 shot_theta=0.0) -> DualCache:
+    """Write the global cache from the context latents at t=0 and empty the local cache.
+
+    Args:
+      latents: f32[B, Nc, h, w, 16], Nc = cache.context_frames.
+      text_kv: per-layer text K/V [layers, B, L, H, Dh], or [layers, B, P, L, H, Dh]
+        with `frame_prompt` int32[Nc] (multi-caption: each frame its shot's prompt).
+        Keep P fixed (e.g. pad to Nc prompts) for one compile across shots.
+      frame_shot: int32[Nc] RoPE shot index of every context frame.
+      valid: bool[B, Nc]; False slots are masked out of every later pass.
+    """
+    b, nc = latents.shape[:2]
+    if nc != cache.context_frames:
+        raise ValueError(f"context latents have {nc} frames, the global cache holds {cache.context_frames}")
+    ft = cache.frame_tokens
+    valid = jnp.ones((b, nc), bool) if valid is None else jnp.asarray(valid, bool)
+    tok_valid = jnp.repeat(valid, ft, axis=1)
+    # A row with no valid frame attends to everything (no empty softmax); its K/V are masked anyway.
+    attend = tok_valid | ~jnp.any(tok_valid, axis=1, keepdims=True)
+    _, (k, v) = dit(latents, jnp.zeros((b, nc)), text_kv=text_kv, frame_prompt=frame_prompt,
+                    frame_pos=jnp.arange(nc), frame_shot=jnp.asarray(frame_shot), shot_theta=shot_theta,
+                    mask=MaskSpec(kv_valid=attend), return_kv=True)
+    keep = tok_valid[None, :, :, None, None]
+    return cache.replace(
+        global_k=jnp.where(keep, k, 0).astype(cache.global_k.dtype),
+        global_v=jnp.where(keep, v, 0).astype(cache.global_v.dtype),
+        global_valid=tok_valid, num_local=jnp.zeros((), jnp.int32))
+
+
+def chunk_velocity(dit: WanDiT, cache: DualCache, x: jax.Array, t: jax.Array, text_kv: TextKV, target_shot,
+                   shot_theta=0.0, return_kv: bool = False):
+    """Velocity of the next chunk given the caches; x f32[B, n, h, w, 16], t f32[B, n].
+
+    The chunk sits right after the committed frames: RoPE positions
+    context_frames + num_local + [0, n), shot index `target_shot`.
+    Returns velocity [B, n, h, w, 16] (and its roped (k, v) [layers, B, n*ft, H, Dh]).
+    """
+    b, n = x.shape[:2]
+    ft = cache.frame_tokens
+    pos = cache.context_frames + cache.num_local + jnp.arange(n)
+    shot = jnp.full((n,), target_shot, jnp.int32)
+    local_valid = jnp.arange(cache.local_k.shape[2]) < cache.num_local * ft
+    kv_valid = jnp.concatenate([
+        cache.global_valid, jnp.broadcast_to(local_valid, (b, local_valid.shape[0])),
+        jnp.ones((b, n * ft), bool)], axis=1)
+    prefix = (jnp.concatenate([cache.global_k, cache.local_k], axis=2),
+              jnp.concatenate([cache.global_v, cache.local_v], axis=2))
+    return dit(x, t, text_kv=text_kv, frame_pos=pos, frame_shot=shot, shot_theta=shot_theta,
+               prefix_kv=prefix, mask=MaskSpec(kv_valid=kv_valid), return_kv=return_kv)
+
+
+def commit(dit: WanDiT, cache: DualCache, x0: jax.Array, text_kv: TextKV, target_shot,
+           shot_theta=0.0) -> DualCache:
+    """The t=0 pass over a finished chunk x0 [B, n, h, w, 16]: write its K/V at the write index, advance it."""
+    b, n = x0.shape[:2]
+    _, (k, v) = chunk_velocity(dit, cache, x0, jnp.zeros((b, n)), text_kv, target_shot, shot_theta,
+                               return_kv=True)
+    start = cache.num_local * cache.frame_tokens
+    return cache.replace(
+        local_k=jax.lax.dynamic_update_slice_in_dim(cache.local_k, k.astype(cache.local_k.dtype), start, axis=2),
+        local_v=jax.lax.dynamic_update_slice_in_dim(cache.local_v, v.astype(cache.local_v.dtype), start, axis=2),
+        num_local=cache.num_local + n)
+
+
+def denoise(dit: WanDiT, cache: DualCache, noise: jax.Array, key: jax.Array, text_kv: TextKV, target_shot,
+            shot_theta, timesteps: jax.Array, exit_step, dit_no_grad: Optional[WanDiT] = None) -> jax.Array:
+    """Few-step sampling of one chunk; returns the x0 predicted at step `exit_step`.
+
+    Steps 0..exit_step-1 each predict x0 = x - sigma v and re-noise it with
+    FRESH noise (normal(fold_in(key, i))) to the next timestep; they run on
+    `dit_no_grad` (default `dit`) so a caller can stop gradients there. Only
+    the exit step's prediction uses `dit`. Inference: exit_step = len - 1.
+    noise f32[B, n, h, w, 16]; timesteps f32[S]; exit_step int (may be traced).
+    """
+    b, n = noise.shape[:2]
+    ts = jnp.asarray(timesteps, jnp.float32)
+    sig = schedule.sigma_of(ts)
+    slow = dit if dit_no_grad is None else dit_no_grad
+
+    def predict(model, x, i):
+        v = chunk_velocity(model, cache, x, jnp.full((b, n), ts[i]), text_kv, target_shot, shot_theta)
+        return (x.astype(jnp.float32) - sig[i] * v).astype(noise.dtype)
+
+    def step(i, x):
+        eps = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
+        return schedule.add_noise_sigma(predict(slow, x, i), eps, sig[i + 1])
+
+    x = jax.lax.fori_loop(0, exit_step, step, noise)
+    return predict(dit, x, exit_step)
+
+
+def full_sequence_velocity(dit: WanDiT, context_latents: Optional[jax.Array], shot_latents: jax.Array,
+                           t: jax.Array, text_kv: TextKV, layout, *, shot_theta=0.0, chunk_frames: int = 3,
+                           return_kv: bool = False):
+    """One block-causal forward over concat(context, whole shot): the reference for the cached path.
+
+    Context frames (t=0, chunk -1) see only each other; shot frame f is in
+    chunk f // chunk_frames and sees the context and chunks <= its own.
+    `context_latents=None` is the masked-out first-shot context: only the
+    last T entries of `layout` are used (positions still start after the
+    context slots).
+    Args:
+      shot_latents: f32[B, T, h, w, 16]; t: f32[B, T] per-frame timesteps.
+      text_kv: [layers, B, L, H, Dh], or [layers, B, P, L, H, Dh] routed by layout.frame_prompt.
+      layout: `context.ShotLayout` (frame_pos, frame_shot, frame_prompt over context + shot frames).
+    Returns:
+      velocity of the shot frames f32[B, T, h, w, 16] (and (k, v) [layers, B, N, H, Dh] of all tokens).
+    """
+    b, nt = shot_latents.shape[:2]
+    nc = 0 if context_latents is None else context_latents.shape[1]
+    pos, shot, prompt = (jnp.asarray(a, jnp.int32)[-(nc + nt):] for a in layout)
+    x = shot_latents if nc == 0 else jnp.concatenate([context_latents.astype(shot_latents.dtype), shot_latents], 1)
+    ft = frame_tokens(dit.cfg, shot_latents.shape[2:4])
+    tt = jnp.concatenate([jnp.zeros((b, nc)), jnp.asarray(t, jnp.float32)], axis=1)
+    chunk = jnp.repeat(jnp.concatenate([jnp.full((nc,), -1), jnp.arange(nt) // chunk_frames]), ft)
+    multi = text_kv.k.ndim == 6
+    out = dit(x, tt, text_kv=text_kv, frame_prompt=prompt if multi else None, frame_pos=pos, frame_shot=shot,
+              shot_theta=shot_theta, mask=MaskSpec(q_chunk=chunk, kv_chunk=chunk), return_kv=return_kv)
+    if return_kv:
+        return out[0][:, nc:], out[1]
+    return out[:, nc:]
+
+
+# ---------------------------------------------------------------- jitted inference
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
+def fill_global_cache(graphdef, state, cache: DualCache, latents, text_kv: TextKV, frame_shot,
+                      frame_prompt=None, valid=None, shot_theta=0.0) -> DualCache:
+    """Jitted `context_pass` on `nnx.split(dit)`; the cache's buffers are donated."""
+    return context_pass(nnx.merge(graphdef, state), cache, latents, text_kv, frame_shot, frame_prompt,
+                        valid, shot_theta)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def denoise_chunk(graphdef, state, cache: DualCache, noise, key, text_kv: TextKV, target_shot, shot_theta,
+                  timesteps, exit_step=None) -> jax.Array:
+    """Jitted `denoise` of one chunk (exit_step None: all steps). Returns x0 f32[B, n, h, w, 16]."""
+    exit_step = len(timesteps) - 1 if exit_step is None else exit_step
+    return denoise(nnx.merge(graphdef, state), cache, noise, key, text_kv, target_shot, shot_theta,
+                   timesteps, exit_step)
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
+def commit_chunk(graphdef, state, cache: DualCache, x0, text_kv: TextKV, target_shot, shot_theta) -> DualCache:
+    """Jitted `commit`; the cache's buffers are donated."""
+    return commit(nnx.merge(graphdef, state), cache, x0, text_kv, target_shot, shot_theta)
+
+
+def shot_noise(key: jax.Array, cache: DualCache, batch: int, latent_hw: tuple[int, int],
+               channels: int = 16) -> tuple[jax.Array, jax.Array]:
+    """(initial noise f32[B, T, h, w, C] of a whole shot, the key for re-noising) from one shot key."""
+    k_noise, k_steps = jax.random.split(key)
+    return jax.random.normal(k_noise, (batch, cache.shot_frames, *latent_hw, channels)), k_steps
+
+
+def shot_chunks(graphdef, state, cache: DualCache, key: jax.Array, text_kv: TextKV, target_shot: int, *,
+                shot_theta, timesteps, chunk_frames: int = 3, latent_hw: tuple[int, int],
+                batch: int = 1) -> Iterator[tuple[jax.Array, DualCache]]:
+    """Generate one shot chunk by chunk (global cache already filled). Yields (x0 chunk, cache after commit).
+
+    The chunk is ready to decode as soon as it is yielded. Chunk c uses
+    noise[:, 3c:3c+3] of `shot_noise(key)` and re-noise key fold_in(k_steps, c).
+    """
+    if cache.shot_frames % chunk_frames:
+        raise ValueError(f"shot of {cache.shot_frames} latent frames is not a multiple of {chunk_frames}-frame chunks")
+    noise, k_steps = shot_noise(key, cache, batch, latent_hw)
+    target_shot = jnp.asarray(target_shot, jnp.int32)
+    shot_theta = jnp.asarray(shot_theta, jnp.float32)
+    timesteps = jnp.asarray(timesteps, jnp.float32)
+    for c in range(cache.shot_frames // chunk_frames):
+        x0 = denoise_chunk(graphdef, state, cache, noise[:, c * chunk_frames:(c + 1) * chunk_frames],
+                           jax.random.fold_in(k_steps, c), text_kv, target_shot, shot_theta, timesteps)
+        cache = commit_chunk(graphdef, state, cache, x0, text_kv, target_shot, shot_theta)
+        yield x0, cache
+
+
+def generate_shot(graphdef, state, cache: DualCache, key, text_kv, target_shot, **kw) -> tuple[jax.Array, DualCache]:
+    """All chunks of `shot_chunks` -> (latents f32[B, T, h, w, 16], cache)."""
+    chunks = []
+    for x0, cache in shot_chunks(graphdef, state, cache, key, text_kv, target_shot, **kw):
+        chunks.append(x0)
+    return jnp.concatenate(chunks, axis=1), cache
+
+
+# ---------------------------------------------------------------- training rollout
+
+
+def rollout_shot(graphdef, state, cache: DualCache, noise: jax.Array, key: jax.Array, text_kv: TextKV,
+                 target_shot, exit_step, shot_theta, timesteps, chunk_frames: int = 3):
+    """Self-Forcing rollout of one shot for DMD (global cache already filled, e.g. by `context_pass`).
+
+    Every chunk runs its denoising steps up to `exit_step` (traced int, shared
+    by all chunks); gradients w.r.t. `state` flow only through each chunk's
+    exit-step prediction; the earlier steps and the commit passes see
+    stop_gradient(state). Chunk c re-noises with fold_in(fold_in(key, c), i),
+    as `shot_chunks` does with its step key.
+    Args:
+      noise: f32[B, T, h, w, 16] initial noise of the shot.
+    Returns:
+      (latents f32[B, T, h, w, 16], cache, timestep_from int32[], timestep_to int32[])
+      where from/to are the original's `denoised_timestep_from/to`:
+      1000 - table index of the exit step's timestep and of the next one (0 after the last step).
+    """
+    b, nt = noise.shape[:2]
+    nchunks = nt // chunk_frames
+    ts = jnp.asarray(timesteps, jnp.float32)
+    chunks = jnp.moveaxis(noise.reshape(b, nchunks, chunk_frames, *noise.shape[2:]), 1, 0)
+
+    def body(cache, xs):
+        c, chunk_noise = xs
+        dit = nnx.merge(graphdef, state)
+        frozen = nnx.merge(graphdef, jax.lax.stop_gradient(state))
+        cache = jax.lax.stop_gradient(cache)
+        x0 = denoise(dit, cache, chunk_noise, jax.random.fold_in(key, c), text_kv, target_shot, shot_theta,
+                     ts, exit_step, dit_no_grad=frozen)
+        cache = commit(frozen, cache, jax.lax.stop_gradient(x0), text_kv, target_shot, shot_theta)
+        return cache, x0
+
+    cache, out = jax.lax.scan(body, cache, (jnp.arange(nchunks), chunks))
+    latents = jnp.moveaxis(out, 0, 1).reshape(noise.shape)
+    n = schedule.NUM_TRAIN_TIMESTEPS
+    idx = schedule.table_index(ts)
+    last = exit_step >= ts.shape[0] - 1
+    t_from = n - idx[exit_step]
+    t_to = jnp.where(last, 0, n - idx[jnp.minimum(exit_step + 1, ts.shape[0] - 1)])
+    return latents, cache, t_from, t_to
