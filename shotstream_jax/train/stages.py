@@ -10,16 +10,14 @@ step s is fold_in(seed, s), so a resumed run draws the same numbers.
 
 Networks:
   teacher    bidirectional next-shot DiT over FrameConcat(context, target) (models/teacher.py);
-  generator  the causal student; its rollout and block-causal forward are the
-             `student_fns` below (STAND-IN until models/student.py from the
-             core branch lands: see `standin_rollout`);
+  generator  the causal student (models/student.py): Self-Forcing rollouts with
+             the dual KV cache for DMD, the block-causal full-sequence pass for ODE init;
   critic     fake score, initialised from the teacher.
 """
 from __future__ import annotations
 
 import logging
 import os
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +28,7 @@ from flax import nnx
 from shotstream_jax import context as context_lib
 from shotstream_jax import model_dir, schedule, sharding
 from shotstream_jax.data import pipeline
-from shotstream_jax.kernels import MaskSpec
+from shotstream_jax.models import student as student_lib
 from shotstream_jax.models import teacher as teacher_lib
 from shotstream_jax.models.wan_dit import WanDiT, WanDiTConfig
 from shotstream_jax.train import lora as lora_lib
@@ -139,49 +137,51 @@ def teacher_x0_fns(cfg, dit: WanDiT, ex, uncond: jax.Array, guidance: float):
     return cfg_x0, cond_x0, lambda x, t: vel(x, t, text)
 
 
-# ------------------------------------------------------------------ student (stand-in for core)
+# ------------------------------------------------------------------ student (models/student.py)
+
+
+def _student_layout(ex, target_frames: int) -> context_lib.ShotLayout:
+    fc = ex["context"].shape[0]
+    return context_lib.ShotLayout(jnp.arange(fc + target_frames), _rope_shots(ex["context_shot"], target_frames),
+                                  jnp.asarray(_frame_prompt(fc, target_frames)))
 
 
 def student_velocity(cfg, dit: WanDiT, ex, x: jax.Array, t: jax.Array) -> jax.Array:
-    """STAND-IN for core's `full_sequence_velocity`: block-causal pass over context (t=0) + target.
+    """Block-causal pass of the student over context (t=0) + the whole shot (`full_sequence_velocity`).
 
-    x [T, h, w, C], t f32[T] -> v [T, h, w, C]. Context frames form chunk 0;
-    target chunks of `chunk_frames` see the context and earlier chunks.
+    x [T, h, w, C], t f32[T] -> v [T, h, w, C].
     """
-    fc, tf = ex["context"].shape[0], x.shape[0]
-    tokens = (x.shape[1] // 2) * (x.shape[2] // 2)
-    chunk = np.concatenate([np.zeros(fc), 1 + np.arange(tf) // cfg.shotstream.chunk_frames]).astype(np.int32)
-    chunk = jnp.asarray(np.repeat(chunk, tokens))
-    inp = jnp.concatenate([ex["context"], x.astype(jnp.float32)])[None]
-    ts = jnp.concatenate([jnp.zeros((fc,), jnp.float32), t])[None]
-    v = dit(inp, ts, _text_slots(ex)[None], frame_prompt=_frame_prompt(fc, tf), frame_pos=np.arange(fc + tf),
-            frame_shot=_rope_shots(ex["context_shot"], tf), shot_theta=context_lib.shot_theta(cfg.shotstream),
-            mask=MaskSpec(q_chunk=chunk, kv_chunk=chunk))
-    return v[0, fc:]
+    v = student_lib.full_sequence_velocity(
+        dit, ex["context"][None], x[None], t[None], dit.encode_text(_text_slots(ex)[None]),
+        _student_layout(ex, x.shape[0]), shot_theta=context_lib.shot_theta(cfg.shotstream),
+        chunk_frames=cfg.shotstream.chunk_frames)
+    return v[0]
 
 
-def standin_rollout(cfg, dit: WanDiT, ex, key: jax.Array) -> jax.Array:
-    """STAND-IN for core's `rollout_shot`: the 4-step student on the whole shot, exit step at random.
+def rollout(cfg, dit: WanDiT, ex, key: jax.Array) -> jax.Array:
+    """Self-Forcing rollout of the target shot with the dual cache (`student.rollout_shot`).
 
-    Steps before the exit run without gradient (fresh noise between steps, as
-    the student samples); the exit step's x0 keeps its gradient. Returns x0 [T, h, w, C].
+    The global cache is filled from the example's context at t=0; every chunk
+    is denoised up to one exit step drawn here and shared by all chunks; only
+    the exit-step predictions carry gradients (earlier steps, cache passes and
+    the text K/V use stop_gradient(params)). Returns x0 [T, h, w, C].
     """
-    shift = cfg.shotstream.timestep_shift
-    ts = jnp.asarray(schedule.student_timesteps(cfg.shotstream.denoising_steps, shift))
-    k_exit, k_noise = jax.random.split(key)
-    shape = ex["target"].shape
-    exit_step = jax.random.randint(k_exit, (), 0, ts.shape[0])
-    noises = jax.random.normal(k_noise, (ts.shape[0],) + shape, jnp.float32)
-
-    def x0_at(x, i):
-        t = jnp.full((shape[0],), ts[i])
-        return schedule.x0_from_velocity(x, student_velocity(cfg, dit, ex, x, t), ts[i], shift)
-
-    def body(i, x):
-        return schedule.add_noise(x0_at(x, i), noises[i + 1], ts[i + 1], shift)
-
-    x = jax.lax.stop_gradient(jax.lax.fori_loop(0, exit_step, body, noises[0]))
-    return x0_at(x, exit_step)
+    s = cfg.shotstream
+    fc, shape = ex["context"].shape[0], ex["target"].shape
+    theta = context_lib.shot_theta(s)
+    ts = schedule.student_timesteps(s.denoising_steps, s.timestep_shift)
+    k_exit, k_noise, k_steps = jax.random.split(key, 3)
+    exit_step = jax.random.randint(k_exit, (), 0, len(ts))
+    graphdef, state = nnx.split(dit)
+    frozen = nnx.merge(graphdef, jax.lax.stop_gradient(state))
+    cache = student_lib.init_cache(dit.cfg, 1, shape[1:3], context_frames=fc, shot_frames=shape[0])
+    cache = student_lib.context_pass(frozen, cache, ex["context"][None], frozen.encode_text(_text_slots(ex)[None]),
+                                     ex["context_shot"], frame_prompt=np.arange(fc), shot_theta=theta)
+    target_kv = frozen.encode_text(ex["text"][ex["target_shot"]][None])
+    x, _, _, _ = student_lib.rollout_shot(
+        graphdef, state, cache, jax.random.normal(k_noise, (1,) + shape, jnp.float32), k_steps, target_kv,
+        ex["context_shot"][-1] + 1, exit_step, theta, ts, s.chunk_frames)
+    return x[0]
 
 
 # ------------------------------------------------------------------ stages
@@ -346,8 +346,6 @@ class DmdStage(Stage):
     """
 
     two_nets = True
-    rollout: Callable = staticmethod(standin_rollout)
-
     def init_consts(self):
         cfg = self.cfg
         teacher = self._teacher()
@@ -361,7 +359,7 @@ class DmdStage(Stage):
     def _generated(self, state, ex, key, grad: bool):
         """Rolled-out target latents of the example ([T, h, w, C]) and the example it conditions on."""
         dit = self.gen.module(state["gen"], state["gen_frozen"])
-        return self.rollout(self.cfg, dit, ex, key), ex
+        return rollout(self.cfg, dit, ex, key), ex
 
     def _teacher_fns(self, consts, critic_params, ex):
         real = self.critic.module(consts["real"], {})
@@ -432,7 +430,7 @@ class DmdInterStage(DmdStage):
                 ctx = jnp.stack([shots[k][i] for k, i in picks])
                 ctx_shot = jnp.asarray([k for k, _ in picks], jnp.int32)
             cur = dict(ex, context=ctx, context_shot=ctx_shot, target_shot=jnp.int32(s))
-            x = self.rollout(cfg, dit, cur, keys[s])
+            x = rollout(cfg, dit, cur, keys[s])
             if s < s_shots - 1 or not grad:
                 x = jax.lax.stop_gradient(x)
             shots.append(x)
