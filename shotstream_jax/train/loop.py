@@ -98,8 +98,7 @@ def train(cfg, workdir: str, progress: bool = True) -> dict:
         state, state_sh = stage.init_state()
         start = 0
     else:
-        abstract = jax.eval_shape(stage._init_state, jax.random.PRNGKey(0))
-        state_sh = stage.state_shardings(abstract)
+        abstract, state_sh = stage.abstract_state()
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
         restored = mngr.restore(latest, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
@@ -151,7 +150,7 @@ def write_ode_pairs(cfg, workdir: str, mesh, out_dir: str) -> dict:
     """
     src = pipeline.source(cfg, workdir)
     stage = stages.DmdStage(cfg, mesh)
-    graphdef, params = nnx.split(stage._teacher())
+    graphdef, params = stage.critic.full_graphdef, stage.teacher_params()
     uncond = stages.negative_embedding(cfg)
     os.makedirs(out_dir, exist_ok=True)
 

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 from flax import nnx
 
 from shotstream_jax import context as context_lib
@@ -59,22 +60,24 @@ class Net:
         self.dit_cfg = dit_config(cfg)
         abstract = nnx.eval_shape(lambda: WanDiT(self.dit_cfg, rngs=nnx.Rngs(0)))
         self.kind = trainable
-        filt = nnx.Nothing if trainable == "lora" else _trainable_filter(trainable)
-        self.graphdef, train_abs, frozen_abs = nnx.split(abstract, filt, ...)
+        # LoRA trains adapters beside the model: every model parameter is frozen.
+        self.filter = nnx.Nothing if trainable == "lora" else _trainable_filter(trainable)
+        self.graphdef, train_abs, frozen_abs = nnx.split(abstract, self.filter, ...)
+        self.full_graphdef = nnx.split(abstract, nnx.Param)[0]
         names = sharding.logical_names(abstract)
         self.names = {"train": _subset(names, train_abs.to_pure_dict()),
                       "frozen": _subset(names, frozen_abs.to_pure_dict()),
                       "all": names}
         self.lora_scale = float(cfg.train.lora_alpha) / float(cfg.train.lora_rank)
 
-    def split(self, dit: WanDiT) -> tuple[dict, dict]:
-        filt = nnx.Nothing if self.kind == "lora" else _trainable_filter(self.kind)
-        _, a, b = nnx.split(dit, filt, ...)
+    def split(self, params: dict) -> tuple[dict, dict]:
+        """All parameters -> (trained, frozen) pure dicts."""
+        _, a, b = nnx.split(nnx.merge(self.full_graphdef, params), self.filter, ...)
         return a.to_pure_dict(), b.to_pure_dict()
 
     def module(self, trained: dict, frozen: dict) -> WanDiT:
         if self.kind == "lora":
-            return nnx.merge(self.graphdef, lora_lib.merge(frozen, trained, self.lora_scale))
+            return nnx.merge(self.full_graphdef, lora_lib.merge(frozen, trained, self.lora_scale))
         return nnx.merge(self.graphdef, trained, frozen)
 
 
@@ -82,11 +85,28 @@ def _subset(tree: dict, like: dict) -> dict:
     return {k: _subset(tree[k], v) if isinstance(v, dict) else tree[k] for k, v in like.items()}
 
 
-def _load_or_init(cfg, path: str, seed: int) -> WanDiT:
-    """The DiT in model directory `path`, or a fresh one from `seed` when the path is empty."""
-    if path:
-        return model_dir.load_dit(path, **{k: cfg.model[k] for k in ("dtype", "remat", "attention_impl")})
-    return WanDiT(dit_config(cfg), rngs=nnx.Rngs(seed))
+def dit_params(cfg, mesh, path: str, seed: int) -> dict:
+    """All DiT parameters (pure dict) on the mesh, each array created directly in its shards.
+
+    Restored from the model directory `path` (written by shotstream-convert or a
+    previous stage's export/), or initialised from `seed` when `path` is empty.
+    """
+    abstract = nnx.eval_shape(lambda: WanDiT(dit_config(cfg), rngs=nnx.Rngs(0)))
+    shapes = nnx.state(abstract, nnx.Param).to_pure_dict()
+    sh = sharding.tree_shardings(mesh, sharding.logical_names(abstract), shapes)
+    if not path:
+        return jax.jit(lambda: nnx.state(WanDiT(dit_config(cfg), rngs=nnx.Rngs(seed)), nnx.Param).to_pure_dict(),
+                       out_shardings=sh)()
+    ckpt = os.path.join(os.path.abspath(path), "dit")
+    if not os.path.isdir(ckpt):
+        raise FileNotFoundError(f"{path}: not a model directory (no dit/); convert weights with shotstream-convert "
+                                f"or point at a previous stage's WORKDIR/export")
+    target = jax.tree.map(lambda a, d: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=d), shapes, sh)
+    with ocp.StandardCheckpointer() as ckptr:
+        try:
+            return ckptr.restore(ckpt, target)
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"{path}: parameters do not match the config's model section ({e})") from e
 
 
 def optimizer(cfg, lr: float, clip: float) -> optax.GradientTransformation:
@@ -202,22 +222,20 @@ class Stage:
 
     # -- state
 
-    def _init_state(self, key):
+    def _init_state(self, gen_params, critic_params, key):
         cfg = self.cfg
-        dit = _load_or_init(cfg, cfg.train.init_dir, cfg.train.seed)
-        trained, frozen = self.gen.split(dit)
+        trained, frozen = self.gen.split(gen_params)
         if self.gen.kind == "lora":
             trained = lora_lib.init(frozen, cfg.train.lora_rank, key)
         state = {"step": jnp.zeros((), jnp.int32), "gen": trained, "gen_frozen": frozen,
                  "gen_opt": self.tx.init(trained)}
         if self.two_nets:
-            critic, _ = self.critic.split(self._teacher())
-            state.update(critic=critic, critic_opt=self.tx_critic.init(critic))
+            state.update(critic=critic_params, critic_opt=self.tx_critic.init(critic_params))
         return state
 
-    def _teacher(self) -> WanDiT:
-        """Teacher network: teacher_dir, or (toy runs without one) a fresh net from seed + 1."""
-        return _load_or_init(self.cfg, self.cfg.train.teacher_dir, self.cfg.train.seed + 1)
+    def teacher_params(self) -> dict:
+        """Teacher parameters: train.teacher_dir, or (toy runs without one) a fresh net from seed + 1."""
+        return dit_params(self.cfg, self.mesh, self.cfg.train.teacher_dir, self.cfg.train.seed + 1)
 
     def _names(self, abstract_state):
         n = {"step": (), "gen": self.gen.names["train"], "gen_frozen": self.gen.names["frozen"]}
@@ -240,13 +258,22 @@ class Stage:
                                                      sh["critic"], transform_non_params=lambda _: rep)
         return sh
 
+    def _init_inputs(self):
+        gen = dit_params(self.cfg, self.mesh, self.cfg.train.init_dir, self.cfg.train.seed)
+        return gen, (self.teacher_params() if self.two_nets else None), jax.random.PRNGKey(self.cfg.train.seed)
+
     def init_state(self):
-        """(state, shardings), built directly on the mesh."""
-        key = jax.random.PRNGKey(self.cfg.train.seed)
-        abstract = jax.eval_shape(self._init_state, key)
-        sh = self.state_shardings(abstract)
-        state = jax.jit(self._init_state, out_shardings=sh)(key)
-        return state, sh
+        """(state, shardings), built directly on the mesh: generator from train.init_dir, critic from the teacher."""
+        inputs = self._init_inputs()
+        sh = self.state_shardings(jax.eval_shape(self._init_state, *inputs))
+        return jax.jit(self._init_state, out_shardings=sh)(*inputs), sh
+
+    def abstract_state(self):
+        """(ShapeDtypeStructs of the state, shardings), without creating or loading anything."""
+        gen = jax.eval_shape(lambda: nnx.state(WanDiT(dit_config(self.cfg), rngs=nnx.Rngs(0)), nnx.Param)
+                             .to_pure_dict())
+        abstract = jax.eval_shape(self._init_state, gen, gen if self.two_nets else None, jax.random.PRNGKey(0))
+        return abstract, self.state_shardings(abstract)
 
     def init_consts(self):
         return {}
@@ -348,13 +375,8 @@ class DmdStage(Stage):
     two_nets = True
     def init_consts(self):
         cfg = self.cfg
-        teacher = self._teacher()
-        real = nnx.state(teacher, nnx.Param).to_pure_dict()
-        names = sharding.logical_names(teacher)
-        uncond = negative_embedding(cfg)
-        rep = sharding.replicated(self.mesh)
-        return {"real": jax.device_put(real, sharding.tree_shardings(self.mesh, names, real)),
-                "uncond": jax.device_put(uncond, rep)}
+        return {"real": self.teacher_params(),
+                "uncond": jax.device_put(negative_embedding(cfg), sharding.replicated(self.mesh))}
 
     def _generated(self, state, ex, key, grad: bool):
         """Rolled-out target latents of the example ([T, h, w, C]) and the example it conditions on."""
@@ -362,8 +384,8 @@ class DmdStage(Stage):
         return rollout(self.cfg, dit, ex, key), ex
 
     def _teacher_fns(self, consts, critic_params, ex):
-        real = self.critic.module(consts["real"], {})
-        fake = self.critic.module(critic_params, {})
+        real = nnx.merge(self.critic.full_graphdef, consts["real"])
+        fake = nnx.merge(self.critic.full_graphdef, critic_params)
         real_cfg, _, _ = teacher_x0_fns(self.cfg, real, ex, consts["uncond"], self.cfg.train.guidance_scale)
         _, fake_x0, fake_v = teacher_x0_fns(self.cfg, fake, ex, consts["uncond"], 0.0)
         return real_cfg, fake_x0, fake_v
