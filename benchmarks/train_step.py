@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import resource
 import statistics
 import subprocess
@@ -19,6 +20,8 @@ import tempfile
 import time
 
 from absl import app, flags
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # a checkout needs no install
 
 flags.DEFINE_string("size", "toy", "Config size (toy | wan_1_3b | wan_14b).")
 flags.DEFINE_integer("steps", 5, "Timed steps per stage (after the compiling one).")
@@ -78,8 +81,9 @@ def main(argv):
         print("RESULT" + json.dumps(_measure(FLAGS.one, FLAGS.size, FLAGS.steps)))
         return
     for stage in FLAGS.stages.split(","):
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([sys.path[0], os.environ.get("PYTHONPATH", "")]))
         r = subprocess.run([sys.executable, __file__, f"--one={stage}", f"--size={FLAGS.size}",
-                            f"--steps={FLAGS.steps}"], capture_output=True, text=True)
+                            f"--steps={FLAGS.steps}"], capture_output=True, text=True, env=env)
         if r.returncode or "RESULT" not in r.stdout:
             print(f"{stage}: failed\n{r.stderr[-2000:]}")
             continue

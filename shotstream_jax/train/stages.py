@@ -135,7 +135,11 @@ def _rope_shots(context_shot: jax.Array, t: int) -> jax.Array:
 
 
 def teacher_x0_fns(cfg, dit: WanDiT, ex, uncond: jax.Array, guidance: float):
-    """(x0 with CFG, x0 without) of the teacher on `ex`'s context at one t for all frames."""
+    """Score functions of a bidirectional net (teacher or critic) on `ex`'s context, one t for all frames.
+
+    Returns (x0 with CFG cond + guidance (cond - uncond), x0 without CFG,
+    velocity without CFG), each (x [T, h, w, C], t f32[]) -> [T, h, w, C].
+    """
     fc, t_frames = ex["context"].shape[0], ex["target"].shape[0]
     theta = context_lib.shot_theta(cfg.shotstream)
     kw = dict(frame_prompt=_frame_prompt(fc, t_frames), frame_pos=np.arange(fc + t_frames),
