@@ -18,7 +18,7 @@ STAGES = ("teacher", "ode_pairs", "ode_init", "dmd_intra", "dmd_inter", "generat
 # size -> (DiT size, DiT overrides, video (height, width)).
 _SIZES = {
     # Small enough for CPU tests: 2 layers of width 64 on 32x32 frames.
-    "toy": ("tiny", dict(text_dim=32, freq_dim=32, text_len=32), (32, 32)),
+    "toy": ("tiny", dict(text_dim=32, freq_dim=32, text_len=256), (32, 32)),
     "wan_1_3b": ("1.3B", dict(dtype="bfloat16"), (480, 832)),
     "wan_14b": ("14B", dict(dtype="bfloat16"), (480, 832)),
 }

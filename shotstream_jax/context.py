@@ -24,7 +24,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from shotstream_jax.schedule import _linspace_f32
+from shotstream_jax.schedule import linspace_f32
 
 
 def context_counts(num_history: int, budget: int = 6) -> list[int]:
@@ -58,7 +58,7 @@ def sample_context(shot_lengths: Sequence[int], budget: int = 6) -> list[tuple[i
             if count == 1:
                 idx = np.array([start], np.int64)
             else:
-                idx = np.round(_linspace_f32(start, start + n - 1, count)).astype(np.int64)
+                idx = np.round(linspace_f32(start, start + n - 1, count)).astype(np.int64)
             out += [(shot, int(i) - start) for i in idx]
         start += n
     return out

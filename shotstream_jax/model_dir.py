@@ -1,35 +1,95 @@
 """Model directories: `config.json` plus one orbax checkpoint per component.
 
-    DIR/config.json   {"format": "shotstream_jax/1", "dit": {WanDiTConfig fields}, ...}
-    DIR/dit/          orbax checkpoint of the WanDiT state
+    DIR/config.json      {"format": "shotstream_jax/1", "config": {...ShotStream config...},
+                          "dit": {WanDiTConfig}, "vae": {WanVAEConfig}, "umt5": {UMT5Config},
+                          "tokenizer": "tokenizer.json" | "spiece.model" | "bytes"}
+    DIR/dit/             orbax checkpoint of the WanDiT (the causal student for generation)
+    DIR/vae/             orbax checkpoint of the WanVAE
+    DIR/text_encoder/    orbax checkpoint of the umT5 encoder
+    DIR/tokenizer.json or DIR/spiece.model   the umT5 tokenizer ("bytes": the toy byte tokenizer)
+
+A directory with only `dit` is a converted DiT (`load_dit`); generation needs all
+components (`load_pipeline`). Directories are written atomically.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+from typing import Optional
 
+import ml_collections
 from flax import nnx
 
 from shotstream_jax import checkpoint
+from shotstream_jax.models.umt5 import UMT5Config, UMT5Encoder
 from shotstream_jax.models.wan_dit import WanDiT, WanDiTConfig
+from shotstream_jax.models.wan_vae import WanVAE, WanVAEConfig
 
 FORMAT = "shotstream_jax/1"
 
 
-def save_dit(out_dir: str, dit: WanDiT, overwrite: bool = False) -> None:
-    """Write a model directory holding a DiT, atomically."""
+def _json_ready(d: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def save(out_dir: str, dit: WanDiT, *, vae: Optional[WanVAE] = None, text_model: Optional[UMT5Encoder] = None,
+         tokenizer: Optional[str] = None, config: Optional[ml_collections.ConfigDict] = None,
+         overwrite: bool = False) -> None:
+    """Write a model directory atomically. `tokenizer`: a tokenizer.json / spiece.model path, or "bytes"."""
+    meta = {"format": FORMAT, "dit": _json_ready(dataclasses.asdict(dit.cfg))}
+    if config is not None:
+        meta["config"] = config.to_dict()
     with checkpoint.atomic_directory(out_dir, overwrite=overwrite) as tmp:
-        cfg = dataclasses.asdict(dit.cfg)
-        checkpoint.write_json(os.path.join(tmp, "config.json"), {"format": FORMAT, "dit": cfg})
         checkpoint.save_state(os.path.join(tmp, "dit"), dit)
+        if vae is not None:
+            meta["vae"] = _json_ready(dataclasses.asdict(vae.cfg))
+            checkpoint.save_state(os.path.join(tmp, "vae"), vae)
+        if text_model is not None:
+            meta["umt5"] = _json_ready(dataclasses.asdict(text_model.cfg))
+            checkpoint.save_state(os.path.join(tmp, "text_encoder"), text_model)
+        if tokenizer == "bytes":
+            meta["tokenizer"] = "bytes"
+        elif tokenizer is not None:
+            name = os.path.basename(tokenizer)
+            if name not in ("tokenizer.json", "spiece.model"):
+                raise ValueError(f"{tokenizer}: expected a tokenizer.json or spiece.model file")
+            shutil.copyfile(tokenizer, os.path.join(tmp, name))
+            meta["tokenizer"] = name
+        checkpoint.write_json(os.path.join(tmp, "config.json"), meta)
+
+
+def _meta(model_dir: str) -> dict:
+    meta = checkpoint.read_json(os.path.join(model_dir, "config.json"))
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "dit" not in meta:
+        raise ValueError(f"{model_dir}/config.json: not a shotstream_jax model directory; "
+                         "convert PyTorch weights with shotstream-convert")
+    return meta
 
 
 def load_dit(model_dir: str, **overrides) -> WanDiT:
     """The DiT of a model directory; `overrides` change runtime fields (dtype, attention_impl...)."""
-    meta = checkpoint.read_json(os.path.join(model_dir, "config.json"))
-    if meta.get("format") != FORMAT or "dit" not in meta:
-        raise ValueError(f"{model_dir}/config.json: not a shotstream_jax model directory "
-                         f"(format {meta.get('format')!r}); convert PyTorch weights with shotstream-convert")
-    cfg = WanDiTConfig.from_dict({**meta["dit"], **overrides})
-    dit = checkpoint.load_state(os.path.join(model_dir, "dit"), lambda: WanDiT(cfg, rngs=nnx.Rngs(0)))
-    return dit
+    cfg = WanDiTConfig.from_dict({**_meta(model_dir)["dit"], **overrides})
+    return checkpoint.load_state(os.path.join(model_dir, "dit"), lambda: WanDiT(cfg, rngs=nnx.Rngs(0)))
+
+
+def load_pipeline(model_dir: str, **dit_overrides):
+    """(config, dit, vae, text_encoder) of a full model directory, for `ShotStream`."""
+    from shotstream_jax.config import get_config
+    from shotstream_jax.text import ByteTokenizer, TextEncoder, Tokenizer
+    meta = _meta(model_dir)
+    missing = [k for k in ("vae", "umt5", "tokenizer") if k not in meta]
+    if missing:
+        raise ValueError(f"{model_dir}: holds no {', '.join(missing)}; generation needs the DiT, VAE, "
+                         "umT5 and tokenizer (shotstream-convert --src=... --vae=... --umt5=... --tokenizer=...)")
+    config = get_config("wan_1_3b", "generate")
+    if "config" in meta:
+        config = ml_collections.ConfigDict(meta["config"])
+    dit = load_dit(model_dir, **dit_overrides)
+    config.model = ml_collections.ConfigDict(_json_ready(dataclasses.asdict(dit.cfg)))
+    vae_cfg = WanVAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["vae"].items()})
+    vae = checkpoint.load_state(os.path.join(model_dir, "vae"), lambda: WanVAE(vae_cfg, rngs=nnx.Rngs(0)))
+    t5_cfg = UMT5Config(**meta["umt5"])
+    t5 = checkpoint.load_state(os.path.join(model_dir, "text_encoder"), lambda: UMT5Encoder(t5_cfg, rngs=nnx.Rngs(0)))
+    tok = ByteTokenizer() if meta["tokenizer"] == "bytes" else Tokenizer(os.path.join(model_dir, meta["tokenizer"]))
+    return config, dit, vae, TextEncoder(t5, tok, text_len=dit.cfg.text_len)

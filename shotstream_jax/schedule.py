@@ -34,7 +34,7 @@ def shift_sigma(s, shift: float):
     return shift * s / (1 + (shift - 1) * s)
 
 
-def _linspace_f32(start: float, end: float, steps: int) -> np.ndarray:
+def linspace_f32(start: float, end: float, steps: int) -> np.ndarray:
     """float32 linspace computed from both ends, as torch.linspace does."""
     step = np.float32((end - start) / (steps - 1))
     i = np.arange(steps)
@@ -46,7 +46,7 @@ def _linspace_f32(start: float, end: float, steps: int) -> np.ndarray:
 
 def sigmas(num_steps: int = NUM_TRAIN_TIMESTEPS, shift: float = 8.0) -> np.ndarray:
     """Shifted sigmas of `num_steps` steps from 1 down to (not including) 0: float32 [num_steps]."""
-    s = _linspace_f32(1.0, 0.0, num_steps + 1)[:-1]
+    s = linspace_f32(1.0, 0.0, num_steps + 1)[:-1]
     return shift_sigma(s, np.float32(shift)).astype(np.float32)
 
 

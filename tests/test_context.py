@@ -65,7 +65,7 @@ def test_rope_angles_follow_shot_phase_formula():
     """Reference: temporal angle phi_j * t + k * theta written out by hand (rope_angles on a ShotLayout)."""
     import jax.numpy as jnp
 
-    from shotstream_jax.models.wan_dit import WanDiTConfig, rope_angles, rope_frequencies
+    from shotstream_jax.models.wan_dit import WanDiTConfig, rope_angles
 
     cfg = WanDiTConfig.from_size("tiny", text_dim=32, freq_dim=32, text_len=16)
     d = cfg.head_dim  # 32: temporal pairs d/2 - 2 (d // 6) = 6

@@ -56,3 +56,27 @@ def test_refuses_to_overwrite(tmp_path, diffusers_dir):
     r = _run(f"--src={diffusers_dir}", f"--out={out}")
     assert r.returncode != 0 and "--overwrite" in r.stderr
     assert (out / "keep.txt").exists()
+
+
+def test_full_generation_model(tmp_path, diffusers_dir):
+    """DiT (diffusers layout) + VAE (diffusers AutoencoderKLWan) + umT5 (transformers + tokenizer.json):
+    converted, loaded by ShotStream.load, and a shot generated from it; the VAE inside equals
+    convert.load_wan_vae of the same file."""
+    from shotstream_jax import ShotStream
+    from tests.torch_refs import tiny_umt5_dir, tiny_wan_vae
+    vae_dir = tmp_path / "vae"
+    tiny_wan_vae().save_pretrained(vae_dir)
+    t5_dir = tiny_umt5_dir(tmp_path / "umt5")
+    out = tmp_path / "model"
+    r = _run(f"--src={diffusers_dir}", f"--vae={vae_dir}", f"--umt5={t5_dir}", f"--out={out}",
+             "--config=configs/toy/generate.py")
+    assert r.returncode == 0, r.stderr
+    pipe = ShotStream.load(str(out))
+    direct = convert.load_wan_vae(str(vae_dir))
+    for x, y in zip(jax.tree.leaves(nnx.state(pipe.vae)), jax.tree.leaves(nnx.state(direct))):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    frames = np.concatenate(list(pipe.session("the city at night", seed=0).next_shot("rain")))
+    assert frames.shape == (81, 32, 32, 3) and frames.dtype == np.uint8
+
+    r = _run(f"--src={diffusers_dir}", f"--vae={vae_dir}", f"--out={tmp_path / 'x'}")
+    assert r.returncode != 0 and "both --vae and --umt5" in r.stderr

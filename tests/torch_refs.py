@@ -59,3 +59,30 @@ def to_numpy(t):
 def nchw_video(x: np.ndarray) -> torch.Tensor:
     """[B, F, H, W, C] numpy -> torch [B, C, F, H, W]."""
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 4, 1, 2, 3)))
+
+
+# A tiny diffusers AutoencoderKLWan: z_dim 16 as Wan (the DiT's channels), 8x spatial, 4x temporal.
+TINY_VAE = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                temperal_downsample=[False, True, True])
+
+
+def tiny_wan_vae(seed=0):
+    from diffusers import AutoencoderKLWan
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(**TINY_VAE).eval()
+
+
+def tiny_umt5_dir(path, words=("a", "the", "shot", "city", "night", "rain", "cat"), d_model=32, seed=0):
+    """A tiny transformers UMT5EncoderModel and a WordLevel tokenizer.json saved in `path`."""
+    import tokenizers
+    import transformers
+    torch.manual_seed(seed)
+    cfg = transformers.UMT5Config(vocab_size=64, d_model=d_model, d_kv=8, num_heads=4, d_ff=64, num_layers=2,
+                                  feed_forward_proj="gated-gelu", dropout_rate=0.0)
+    transformers.UMT5EncoderModel(cfg).eval().save_pretrained(path)
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = tokenizers.processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tok.save(str(path / "tokenizer.json"))
+    return path

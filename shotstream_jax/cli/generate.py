@@ -41,22 +41,18 @@ def _interactive_prompts(stream):
         yield line.strip()
 
 
-def generate(pipe, global_caption, prompts, out, seed, progress=True):
-    """Stream every shot into `out`; returns (frames, seconds)."""
+def generate(pipe, global_caption, prompts, writer, seed, progress=True):
+    """Stream every shot into `writer` (a VideoWriter); returns seconds spent."""
     from tqdm import tqdm
-
-    from shotstream_jax.video_io import VideoWriter
     session = pipe.session(global_caption, seed=seed)
     start = time.perf_counter()
-    with VideoWriter(out, fps=pipe.fps) as writer:
-        for i, prompt in enumerate(prompts, 1):
-            bar = tqdm(total=pipe.chunks_per_shot, desc=f"shot {i}", unit="chunk",
-                       disable=not progress, file=sys.stderr, leave=True)
+    for i, prompt in enumerate(prompts, 1):
+        with tqdm(total=pipe.chunks_per_shot, desc=f"shot {i}", unit="chunk",
+                  disable=not progress, file=sys.stderr) as bar:
             for frames in session.next_shot(prompt):
                 writer.write(frames)
                 bar.update(1)
-            bar.close()
-    return writer.frames_written, time.perf_counter() - start
+    return time.perf_counter() - start
 
 
 def main(argv):
@@ -64,6 +60,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from shotstream_jax.pipeline import ShotStream
     from shotstream_jax.story import StoryError, check_prompt, load_story
+    from shotstream_jax.video_io import VideoWriter
     if bool(FLAGS.story) == FLAGS.interactive:
         raise app.UsageError("give exactly one of --story=FILE or --interactive")
     try:
@@ -78,8 +75,12 @@ def main(argv):
                     print("global caption> ", end="", file=sys.stderr, flush=True)
                 global_caption = sys.stdin.readline()
             global_caption = check_prompt(global_caption, "global caption")
-        pipe = ShotStream.load(FLAGS.model)
-        frames, seconds = generate(pipe, global_caption, prompts, FLAGS.out, FLAGS.seed, FLAGS.progress)
+        # Open the output first: an unwritable path fails before minutes of model loading.
+        with VideoWriter(FLAGS.out, fps=16) as writer:
+            pipe = ShotStream.load(FLAGS.model)
+            writer.fps = pipe.fps
+            seconds = generate(pipe, global_caption, prompts, writer, FLAGS.seed, FLAGS.progress)
+        frames = writer.frames_written
     except (StoryError, ValueError, OSError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1

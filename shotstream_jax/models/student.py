@@ -46,22 +46,53 @@ from shotstream_jax.models.wan_dit import TextKV, WanDiT, WanDiTConfig
 
 @struct.dataclass
 class DualCache:
-    """Student KV caches. K/V are roped, [layers, B, frames * frame_tokens, heads, head_dim]."""
-    global_k: jax.Array
-    global_v: jax.Array
-    global_valid: jax.Array  # bool [B, Ng]: False for empty context slots
-    local_k: jax.Array
-    local_v: jax.Array
-    num_local: jax.Array  # int32 []: frames of this shot committed so far
-    frame_tokens: int = struct.field(pytree_node=False)
+    """Student KV caches in one buffer per K and V: the global cache (context frames) then the local
+    cache (this shot's frames), roped, [layers, B, (context_frames + shot_frames) * frame_tokens, H, Dh].
 
-    @property
-    def context_frames(self) -> int:
-        return self.global_k.shape[2] // self.frame_tokens
+    One buffer, so a pass reads it as its key prefix without a copy.
+    """
+    k: jax.Array
+    v: jax.Array
+    global_valid: jax.Array  # bool [B, context_frames * frame_tokens]: False for empty context slots
+    num_local: jax.Array  # int32 []: frames of this shot committed so far (the write index)
+    frame_tokens: int = struct.field(pytree_node=False)
+    context_frames: int = struct.field(pytree_node=False)
 
     @property
     def shot_frames(self) -> int:
-        return self.local_k.shape[2] // self.frame_tokens
+        return self.k.shape[2] // self.frame_tokens - self.context_frames
+
+    @property
+    def global_tokens(self) -> int:
+        return self.context_frames * self.frame_tokens
+
+    @property
+    def global_k(self):
+        return self.k[:, :, :self.global_tokens]
+
+    @property
+    def global_v(self):
+        return self.v[:, :, :self.global_tokens]
+
+    @property
+    def local_k(self):
+        return self.k[:, :, self.global_tokens:]
+
+    @property
+    def local_v(self):
+        return self.v[:, :, self.global_tokens:]
+
+    def kv_valid(self) -> jax.Array:
+        """bool [B, tokens]: valid context slots and committed local frames."""
+        b = self.global_valid.shape[0]
+        local = jnp.arange(self.shot_frames * self.frame_tokens) < self.num_local * self.frame_tokens
+        return jnp.concatenate([self.global_valid, jnp.broadcast_to(local, (b, local.shape[0]))], axis=1)
+
+    def write(self, k: jax.Array, v: jax.Array, start) -> "DualCache":
+        """Store k, v [layers, B, n, H, Dh] at token offset `start` (may be traced)."""
+        return self.replace(
+            k=jax.lax.dynamic_update_slice_in_dim(self.k, k.astype(self.k.dtype), start, axis=2),
+            v=jax.lax.dynamic_update_slice_in_dim(self.v, v.astype(self.v.dtype), start, axis=2))
 
     def nbytes(self) -> int:
         return sum(x.nbytes for x in jax.tree.leaves(self))
@@ -76,14 +107,10 @@ def init_cache(cfg: WanDiTConfig, batch: int, latent_hw: tuple[int, int], dtype=
                context_frames: int = 6, shot_frames: int = 21) -> DualCache:
     """Empty caches (global cache masked out, write index 0). dtype defaults to the compute dtype."""
     ft = frame_tokens(cfg, latent_hw)
+    shape = (cfg.num_layers, batch, (context_frames + shot_frames) * ft, cfg.num_heads, cfg.head_dim)
     dtype = jnp.dtype(dtype or cfg.dtype)
-
-    def zeros(frames):
-        return jnp.zeros((cfg.num_layers, batch, frames * ft, cfg.num_heads, cfg.head_dim), dtype)
-
-    return DualCache(zeros(context_frames), zeros(context_frames),
-                     jnp.zeros((batch, context_frames * ft), bool),
-                     zeros(shot_frames), zeros(shot_frames), jnp.zeros((), jnp.int32), ft)
+    return DualCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
+                     jnp.zeros((batch, context_frames * ft), bool), jnp.zeros((), jnp.int32), ft, context_frames)
 
 
 # ---------------------------------------------------------------- passes on a module
@@ -114,10 +141,8 @@ def context_pass(dit: WanDiT, cache: DualCache, latents: jax.Array, text_kv: Tex
                     frame_pos=jnp.arange(nc), frame_shot=jnp.asarray(frame_shot), shot_theta=shot_theta,
                     mask=MaskSpec(kv_valid=attend), return_kv=True)
     keep = tok_valid[None, :, :, None, None]
-    return cache.replace(
-        global_k=jnp.where(keep, k, 0).astype(cache.global_k.dtype),
-        global_v=jnp.where(keep, v, 0).astype(cache.global_v.dtype),
-        global_valid=tok_valid, num_local=jnp.zeros((), jnp.int32))
+    cache = cache.write(jnp.where(keep, k, 0), jnp.where(keep, v, 0), 0)
+    return cache.replace(global_valid=tok_valid, num_local=jnp.zeros((), jnp.int32))
 
 
 def chunk_velocity(dit: WanDiT, cache: DualCache, x: jax.Array, t: jax.Array, text_kv: TextKV, target_shot,
@@ -132,14 +157,9 @@ def chunk_velocity(dit: WanDiT, cache: DualCache, x: jax.Array, t: jax.Array, te
     ft = cache.frame_tokens
     pos = cache.context_frames + cache.num_local + jnp.arange(n)
     shot = jnp.full((n,), target_shot, jnp.int32)
-    local_valid = jnp.arange(cache.local_k.shape[2]) < cache.num_local * ft
-    kv_valid = jnp.concatenate([
-        cache.global_valid, jnp.broadcast_to(local_valid, (b, local_valid.shape[0])),
-        jnp.ones((b, n * ft), bool)], axis=1)
-    prefix = (jnp.concatenate([cache.global_k, cache.local_k], axis=2),
-              jnp.concatenate([cache.global_v, cache.local_v], axis=2))
+    kv_valid = jnp.concatenate([cache.kv_valid(), jnp.ones((b, n * ft), bool)], axis=1)
     return dit(x, t, text_kv=text_kv, frame_pos=pos, frame_shot=shot, shot_theta=shot_theta,
-               prefix_kv=prefix, mask=MaskSpec(kv_valid=kv_valid), return_kv=return_kv)
+               prefix_kv=(cache.k, cache.v), mask=MaskSpec(kv_valid=kv_valid), return_kv=return_kv)
 
 
 def commit(dit: WanDiT, cache: DualCache, x0: jax.Array, text_kv: TextKV, target_shot,
@@ -148,11 +168,8 @@ def commit(dit: WanDiT, cache: DualCache, x0: jax.Array, text_kv: TextKV, target
     b, n = x0.shape[:2]
     _, (k, v) = chunk_velocity(dit, cache, x0, jnp.zeros((b, n)), text_kv, target_shot, shot_theta,
                                return_kv=True)
-    start = cache.num_local * cache.frame_tokens
-    return cache.replace(
-        local_k=jax.lax.dynamic_update_slice_in_dim(cache.local_k, k.astype(cache.local_k.dtype), start, axis=2),
-        local_v=jax.lax.dynamic_update_slice_in_dim(cache.local_v, v.astype(cache.local_v.dtype), start, axis=2),
-        num_local=cache.num_local + n)
+    cache = cache.write(k, v, cache.global_tokens + cache.num_local * cache.frame_tokens)
+    return cache.replace(num_local=cache.num_local + n)
 
 
 def denoise(dit: WanDiT, cache: DualCache, noise: jax.Array, key: jax.Array, text_kv: TextKV, target_shot,

@@ -63,3 +63,41 @@ def teacher_loss(dit: WanDiT, key: jax.Array, context_latents: jax.Array, target
     if weighted:
         per_sample = per_sample * jnp.asarray(schedule.training_weights(shift))[schedule.table_index(t, shift)]
     return jnp.mean(per_sample), {"t": t, "per_sample": per_sample}
+
+
+def _routed(text_kv: TextKV, frame_prompt):
+    """frame_prompt applies only to multi-prompt text K/V ([layers, B, P, L, H, Dh])."""
+    return frame_prompt if text_kv.k.ndim == 6 else None
+
+
+def sample(dit: WanDiT, context_latents: jax.Array, noise: jax.Array, text_kv: TextKV, null_text_kv: TextKV,
+           layout, *, guidance: float = 6.0, num_steps: int = 50, shift: float = 8.0, shot_theta: float = 0.0,
+           save_steps: tuple[int, ...] = (0, 13, 25, 37)) -> tuple[jax.Array, jax.Array]:
+    """The teacher's many-step sampler with classifier-free guidance (`Teacher_Ode_Sample.py`).
+
+    Euler over `schedule.teacher_timesteps(num_steps, shift)`; velocity =
+    uncond + guidance (cond - uncond), where the unconditional pass uses the
+    negative prompt for every frame (`null_text_kv`, one prompt) and the same
+    context latents.
+    Args:
+      context_latents: f32[B, Nc, h, w, 16]; noise f32[B, T, h, w, 16].
+      text_kv: multi-caption [layers, B, P, L, H, Dh] (routed by layout.frame_prompt) or one prompt.
+      layout: `context.ShotLayout` over Nc + T frames.
+    Returns:
+      (x0 f32[B, T, h, w, 16], the sampler's inputs at `save_steps` [S, B, T, h, w, 16]) — the ODE pairs.
+    """
+    ts, ss = (jnp.asarray(a) for a in schedule.teacher_timesteps(num_steps, shift))
+    b = noise.shape[0]
+    pos, shot, prompt = (jnp.asarray(a) for a in layout)
+
+    def velocity(x, t, tkv):
+        return teacher_velocity(dit, context_latents, x, t, text_kv=tkv, frame_prompt=_routed(tkv, prompt),
+                                frame_pos=pos, frame_shot=shot, shot_theta=shot_theta)
+
+    def body(x, i):
+        t = jnp.full((b,), ts[i])
+        v_c, v_u = velocity(x, t, text_kv), velocity(x, t, null_text_kv)
+        return schedule.euler_step(x, v_u + guidance * (v_c - v_u), ss[i], ss[i + 1]), x
+
+    x0, inputs = jax.lax.scan(body, noise, jnp.arange(num_steps))
+    return x0, inputs[jnp.asarray(save_steps, jnp.int32)]

@@ -1,0 +1,166 @@
+"""Prompt encoding: tokenizer + umT5 -> the text embeddings the DiT cross-attends to.
+
+As Wan's `T5EncoderModel`: prompts are whitespace-cleaned, tokenized with the
+end-of-sequence token, padded / truncated to `text_len` (512) tokens, encoded
+with the padding masked out, and every embedding past the prompt's length is
+set to zero (Wan cuts them off and the DiT zero-pads back to text_len).
+
+Multi-shot prompts follow the public ShotStream code (utils/dataset.py builds
+`f'shot{i}:' + caption[f'shot{i+1}']` and the pipelines prepend the global
+caption with plain `+`): `global_caption + "shot{i}:" + shot_caption`, i
+counted from 0, with no separating spaces. (DESIGN.md writes " shot{i}: "; we
+follow the code the released weights were trained with.)
+"""
+from __future__ import annotations
+
+import html
+import os
+import re
+import warnings
+from typing import Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from shotstream_jax.models.umt5 import UMT5Encoder
+
+# Where a tokenizer may sit relative to a checkpoint path: the directory itself,
+# a transformers-style tokenizer/ folder, or the Wan2.1 release's google/umt5-xxl/.
+_TOKENIZER_DIRS = (".", "tokenizer", os.path.join("google", "umt5-xxl"))
+
+
+def shot_prompt(global_caption: str, i: int, shot_caption: str) -> str:
+    """The prompt of shot i (0-based) of a multi-shot story, exactly as ShotStream builds it."""
+    return global_caption + f"shot{i}:" + shot_caption
+
+
+def clean_prompt(text: str) -> str:
+    """Wan's 'whitespace' cleaning: unescape HTML twice, collapse whitespace.
+
+    (Wan also runs ftfy.fix_text first; we do when ftfy is installed.)
+    """
+    try:
+        import ftfy
+        text = ftfy.fix_text(text)
+    except ImportError:
+        pass
+    text = html.unescape(html.unescape(text))
+    return re.sub(r"\s+", " ", text).strip()
+
+
+class Tokenizer:
+    """Token ids with a trailing end-of-sequence token, from the model's own files.
+
+    tokenizer.json (the `tokenizers` package; its post-processor adds `</s>`) or
+    spiece.model (sentencepiece; we add `</s>`). Never the network.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        if path.endswith(".json"):
+            from tokenizers import Tokenizer as HFTokenizer
+            self._hf = HFTokenizer.from_file(path)
+            self._hf.no_truncation()
+            self._hf.no_padding()
+            self.pad_id = self._hf.token_to_id("<pad>") or 0
+            self.eos_id = self._hf.token_to_id("</s>")
+        else:
+            import sentencepiece as spm
+            self._hf = None
+            self._sp = spm.SentencePieceProcessor(model_file=path)
+            self.pad_id = max(self._sp.pad_id(), 0)
+            self.eos_id = self._sp.eos_id()
+
+    @classmethod
+    def find(cls, path: str) -> "Tokenizer":
+        """The tokenizer stored with a checkpoint (directory or file path)."""
+        base = path if os.path.isdir(path) else os.path.dirname(path)
+        for sub in _TOKENIZER_DIRS:
+            for name in ("tokenizer.json", "spiece.model"):
+                p = os.path.join(base, sub, name)
+                if os.path.exists(p):
+                    return cls(p)
+        raise FileNotFoundError(
+            f"{path}: no tokenizer.json or spiece.model in {', '.join(_TOKENIZER_DIRS)} beside it; "
+            f"pass tokenizer_path= pointing at the umT5 tokenizer files")
+
+    def __call__(self, text: str) -> list[int]:
+        if self._hf is not None:
+            return self._hf.encode(text).ids
+        return self._sp.encode(text) + [self.eos_id]
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens (id = byte + 3; pad 0, eos 1): the toy default model's tokenizer.
+
+    Needs no vocabulary file, so the bundled random model runs anywhere; real
+    models use the umT5 tokenizer files through `Tokenizer`.
+    """
+    pad_id, eos_id = 0, 1
+    vocab_size = 259
+
+    def __call__(self, text: str) -> list[int]:
+        return [b + 3 for b in text.encode("utf-8")] + [self.eos_id]
+
+
+@nnx.jit
+def _encode_padded(model: UMT5Encoder, ids, mask):
+    h = model(ids, mask)
+    return jnp.where(mask[..., None] > 0, h, 0.0)
+
+
+class TextEncoder:
+    """Prompts -> f32[B, text_len, d_model] embeddings, zero past each prompt's length.
+
+    Keeps every prompt it has encoded (keyed by the cleaned prompt text), so a
+    session re-uses the global caption and earlier shots' prompts for free.
+    Prompts are encoded one at a time: one compile for all of them.
+    """
+
+    def __init__(self, model: UMT5Encoder, tokenizer: Union[Tokenizer, ByteTokenizer], text_len: int = 512):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.text_len = text_len
+        self._cache: dict[str, jax.Array] = {}
+
+    @classmethod
+    def load(cls, path: str, tokenizer_path: Optional[str] = None, text_len: int = 512,
+             dtype: str = "float32", param_dtype: str = "float32") -> "TextEncoder":
+        """umT5 weights from `path` (see `convert.load_umt5`), tokenizer beside them unless given."""
+        from shotstream_jax.convert import load_umt5
+        model = load_umt5(path, dtype=dtype, param_dtype=param_dtype)
+        tok = Tokenizer(tokenizer_path) if tokenizer_path else Tokenizer.find(path)
+        return cls(model, tok, text_len)
+
+    def tokenize(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
+        """One prompt -> (ids int32[text_len], mask int32[text_len]); warns when it truncates."""
+        text = clean_prompt(prompt)
+        if not text:
+            raise ValueError("empty prompt: give each shot a non-empty description")
+        ids = self.tokenizer(text)
+        if len(ids) > self.text_len:
+            warnings.warn(f"prompt is {len(ids)} tokens, longer than text_len={self.text_len}; "
+                          f"truncated (it starts {text[:60]!r})", stacklevel=3)
+            ids = ids[:self.text_len - 1] + [self.tokenizer.eos_id]
+        n = len(ids)
+        out = np.full((self.text_len,), self.tokenizer.pad_id, np.int32)
+        out[:n] = ids
+        mask = (np.arange(self.text_len) < n).astype(np.int32)
+        return out, mask
+
+    def encode(self, prompts: Union[str, Sequence[str]]) -> jax.Array:
+        """str or list of B str -> f32[B, text_len, d_model] (B = 1 for a str)."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        out = []
+        for p in prompts:
+            key = clean_prompt(p)
+            if key not in self._cache:
+                ids, mask = self.tokenize(p)
+                self._cache[key] = _encode_padded(self.model, jnp.asarray(ids[None]), jnp.asarray(mask[None]))[0]
+            out.append(self._cache[key])
+        return jnp.stack(out)
+
+    __call__ = encode

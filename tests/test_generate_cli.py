@@ -1,0 +1,63 @@
+"""shotstream-generate end to end on the default model: the mp4 read back with imageio's ffmpeg
+reader has 81 frames per shot at 16 fps; bad input fails fast with one clean line and no file."""
+import json
+import os
+
+import pytest
+
+from shotstream_jax.video_io import read_video
+from tests.conftest import run_python
+
+GEN = ("-m", "shotstream_jax.cli.generate", "--noprogress")
+
+
+def _clean_failure(r, *needles):
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr, r.stderr
+    for n in needles:
+        assert n in r.stderr, r.stderr
+
+
+def test_story_file(tmp_path):
+    story = tmp_path / "story.json"
+    story.write_text(json.dumps({"global_caption": "A lighthouse in a storm.",
+                                 "shot1": "Waves crash on the rocks.", "shot2": "The lamp turns."}))
+    out = tmp_path / "story.mp4"
+    r = run_python(*GEN, f"--story={story}", f"--out={out}", "--seed=3")
+    assert r.returncode == 0, r.stderr
+    frames, fps = read_video(str(out))
+    assert frames.shape == (162, 32, 32, 3) and fps == 16
+    assert "162 frames" in r.stdout and "FPS" in r.stdout
+    assert set(os.listdir(tmp_path)) == {"story.json", "story.mp4"}  # no temporary left behind
+
+
+def test_interactive_stdin(tmp_path):
+    out = tmp_path / "live.mp4"
+    r = run_python(*GEN, "--interactive", f"--out={out}",
+                   stdin="A desert road at noon.\nA car approaches.\n\nignored after the empty line\n")
+    assert r.returncode == 0, r.stderr
+    frames, fps = read_video(str(out))
+    assert frames.shape == (81, 32, 32, 3) and fps == 16
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("{broken", "not valid JSON"),
+    ('{"global_caption": "g", "shots": ["ok", ""]}', "shots[1] is empty"),
+])
+def test_bad_story_files(tmp_path, content, needle):
+    story = tmp_path / "s.json"
+    story.write_text(content)
+    out = tmp_path / "o.mp4"
+    r = run_python(*GEN, f"--story={story}", f"--out={out}")
+    _clean_failure(r, "s.json", needle)
+    assert not out.exists()
+
+
+def test_unwritable_output_and_usage(tmp_path):
+    r = run_python(*GEN, "--story=examples/story.json", f"--out={tmp_path}/missing/dir/o.mp4")
+    _clean_failure(r, "does not exist")
+    r = run_python(*GEN, "--out=o.mp4")
+    assert r.returncode != 0 and "exactly one of --story" in r.stderr
+    r = run_python(*GEN, "--interactive", f"--out={tmp_path}/none.mp4", stdin="A caption.\n\n")
+    _clean_failure(r, "no frames")
+    assert not (tmp_path / "none.mp4").exists()
