@@ -64,6 +64,7 @@ def get_config(size: str = "toy", stage: str = "teacher") -> ml_collections.Conf
     c.data = ml_collections.ConfigDict(dict(
         manifest="",             # reference CSV; empty: a toy dataset is generated in the workdir
         latents_dir="",          # pre-encoded examples (shotstream_jax.data.preencode); wins over manifest
+        encoder_dir="",          # full model dir whose VAE + umT5 encode videos/prompts (toy: TOY stand-ins)
         max_shots=5,             # prompt slots per example (videos have 2-5 shots)
         toy_videos=4,            # size of the generated toy dataset
         shuffle_seed=0))

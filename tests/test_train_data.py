@@ -30,7 +30,7 @@ def test_manifest_reads_reference_sample_format(tmp_path):
                                     '2,c.json,v.mp4,"[[0, 56], [56,114]]"\n')
     clips, skipped = manifest.read_manifest(str(tmp_path / "m.csv"))
     assert skipped == 0 and clips[0].ranges == ((0, 56), (56, 114))
-    assert clips[0].prompts == ("G shot0: a", "G shot1: b")
+    assert clips[0].prompts == ("Gshot0:a", "Gshot1:b")  # utils/dataset.py: global + "shot{i}:" + caption
 
 
 def test_broken_rows_are_skipped_and_counted(toy_dir, caplog):
@@ -67,7 +67,7 @@ def test_example_follows_next_shot_rule(toy_dir):
     assert ex["context_shot"].tolist() == [k for k, _ in picks]
     assert ex["context"].shape == (6, 4, 4, 16) and ex["target"].shape == (21, 4, 4, 16)
     assert int(ex["target_shot"]) == 2 and int(ex["num_shots"]) == 3
-    assert ex["text"].shape == (5, 32, 32) and not ex["text"][3:].any() and ex["text"][:3].any()
+    assert ex["text"].shape == (5, cfg.model.text_len, cfg.model.text_dim) and not ex["text"][3:].any() and ex["text"][:3].any()
     # a context frame is encoded alone: the toy VAE of that one resized frame
     frames = pipeline.read_video(clips[0].video, 135)
     k, i = picks[-1]
@@ -104,3 +104,21 @@ def test_preencoded_examples_equal_online_ones(toy_dir, tmp_path):
     stored = pipeline.PreencodedSource(str(tmp_path / "pre"))[1]
     for k, v in online.items():
         np.testing.assert_allclose(stored[k], v, rtol=2e-3, atol=2e-3, err_msg=k)
+
+
+def test_encoders_from_a_full_model_directory(toy_dir, tmp_path):
+    """data.encoder_dir: the model's Wan VAE (normalised, as pipeline.encode_context) and umT5 (default toy model)."""
+    from shotstream_jax import default_model, model_dir
+    _, dit, vae, text_encoder = default_model.build()
+    model_dir.save(str(tmp_path / "m"), dit, vae=vae, text_model=text_encoder.model, tokenizer="bytes")
+    cfg = _cfg()
+    cfg.data.encoder_dir = str(tmp_path / "m")
+    clips, _ = manifest.read_manifest(str(toy_dir / "manifest.csv"))
+    ex = pipeline.build_example(clips[0], cfg, *pipeline.encoders(cfg))
+    assert ex["context"].shape == (6, 4, 4, 16) and ex["target"].shape == (21, 4, 4, 16)
+    np.testing.assert_allclose(ex["text"][0], np.asarray(text_encoder.encode(clips[0].prompts[0])[0]), atol=1e-5)
+    frames = pipeline.read_video(clips[0].video, 135)
+    k, i = context.sample_context([30, 85], 6)[0]
+    one = pipeline.resize_crop(frames[[30 * k + i]], 32, 32)
+    want = vae.cfg.normalize(vae.encode(one[None]))[0, 0]
+    np.testing.assert_allclose(ex["context"][0], np.asarray(want), rtol=1e-4, atol=1e-4)

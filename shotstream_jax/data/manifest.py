@@ -18,6 +18,8 @@ import json
 import logging
 import os
 
+from shotstream_jax.text import shot_prompt
+
 log = logging.getLogger(__name__)
 
 
@@ -25,12 +27,7 @@ log = logging.getLogger(__name__)
 class Clip:
     video: str
     ranges: tuple[tuple[int, int], ...]   # [start, end) pixel frames per shot
-    prompts: tuple[str, ...]              # one per shot: global + " shot{i}: " + shot caption
-
-
-def shot_prompt(global_caption: str, i: int, caption: str) -> str:
-    """Multi-caption prompt of shot i (0-based), DESIGN.md section 5."""
-    return f"{global_caption} shot{i}: {caption}"
+    prompts: tuple[str, ...]              # one per shot: text.shot_prompt(global, i, shot caption)
 
 
 def _resolve(path: str, base: str) -> str:

@@ -26,7 +26,9 @@ from typing import Callable
 
 import grain
 import imageio.v2 as imageio
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from PIL import Image
 
 from shotstream_jax import context
@@ -106,12 +108,34 @@ def build_example(clip: manifest.Clip, cfg, encode_video: Callable, encode_text:
                 text=text, num_shots=np.int32(len(ranges)))
 
 
+def model_encoders(path: str) -> tuple[Callable, Callable]:
+    """(encode_video, encode_text) from a full model directory: its Wan VAE (normalised latents) and umT5."""
+    from shotstream_jax import model_dir
+    _, _, vae, text_encoder = model_dir.load_pipeline(path)
+    encode = nnx.jit(lambda m, v: m.cfg.normalize(m.encode(v)))
+
+    def encode_video(video: np.ndarray) -> np.ndarray:
+        return np.asarray(encode(vae, jnp.asarray(video)[None]))[0]
+
+    def encode_text(prompts: list[str]) -> np.ndarray:
+        return np.asarray(text_encoder.encode(list(prompts)))
+
+    return encode_video, encode_text
+
+
 def encoders(cfg) -> tuple[Callable, Callable]:
-    """(encode_video, encode_text) for online encoding; only the toy stand-ins are wired in yet."""
+    """(encode_video, encode_text) for online encoding and for `preencode`.
+
+    `data.encoder_dir` names a full model directory (shotstream-convert with the
+    VAE and umT5); without one the toy size uses the TOY stand-ins of toy.py.
+    """
+    if cfg.data.encoder_dir:
+        return model_encoders(cfg.data.encoder_dir)
     if cfg.size == "toy":
         return toy.toy_encode_video, toy.ToyTextEncoder(cfg.model.text_dim, cfg.model.text_len)
-    raise ValueError(f"size {cfg.size!r} trains from pre-encoded latents: run "
-                     f"`python -m shotstream_jax.data.preencode` with the Wan VAE and umT5, then set "
+    raise ValueError(f"size {cfg.size!r} needs the Wan VAE and umT5 to encode videos: set --config.data.encoder_dir "
+                     f"to a full model directory (shotstream-convert --vae=... --umt5=... --tokenizer=...), "
+                     f"ideally once with `python -m shotstream_jax.data.preencode`, then train with "
                      f"--config.data.latents_dir")
 
 

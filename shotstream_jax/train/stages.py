@@ -307,7 +307,7 @@ class Stage:
     def export(self, state, out_dir: str) -> None:
         """Write the trained network as a model directory (LoRA merged in)."""
         host = jax.device_get({"gen": state["gen"], "frozen": state["gen_frozen"]})
-        model_dir.save_dit(out_dir, self.gen.module(host["gen"], host["frozen"]), overwrite=True)
+        model_dir.save(out_dir, self.gen.module(host["gen"], host["frozen"]), config=self.cfg, overwrite=True)
 
 
 def _batch_mean(fn, batch, key):
