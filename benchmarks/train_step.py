@@ -68,7 +68,7 @@ def _measure(stage_name: str, size: str, steps: int) -> dict:
     stats = jax.devices()[0].memory_stats() or {}
     peak = stats.get("peak_bytes_in_use")
     out = {"stage": stage_name, "size": size, "device": str(jax.devices()[0].device_kind),
-           "compile_s": compile_s, "params": int(sum(np.size(x) for x in jax.tree.leaves(state["gen"]))),
+           "compile_s": compile_s, "trained_params": int(sum(np.size(x) for x in jax.tree.leaves(state["gen"]))),
            "peak_mem_gib": (peak if peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2 ** 30,
            "peak_mem_kind": "device" if peak else "host RSS"}
     out.update({k: statistics.median(v) for k, v in times.items() if v})
