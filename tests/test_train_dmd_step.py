@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 from flax import nnx
 
 from shotstream_jax import schedule, sharding
@@ -16,7 +15,6 @@ from shotstream_jax.train import stages
 from tests.test_train_stages import small
 
 
-@pytest.mark.slow
 def test_generator_step_gradient_by_hand(tmp_path):
     cfg = small("dmd_intra", steps=1, batch_size=1)
     mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:1])

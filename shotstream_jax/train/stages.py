@@ -377,6 +377,7 @@ class DmdStage(Stage):
     """
 
     two_nets = True
+
     def init_consts(self):
         cfg = self.cfg
         return {"real": self.teacher_params(),
