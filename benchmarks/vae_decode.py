@@ -4,7 +4,7 @@ Real Wan2.1 channel widths (base_dim 96, dim_mult 1,2,4,4, z_dim 16), random
 weights shared by both (diffusers model saved, then loaded with
 `convert.load_wan_vae`), small spatial size so it runs on a laptop-class CPU.
 
-  python -m benchmarks.vae_decode [--latent_h 8 --latent_w 13 --repeats 3]
+  python -m benchmarks.vae_decode [--latent_h 8 --latent_w 13 --repeats 3 --threads 1]
 
 Prints one line per figure: seconds per chunk for
   * the first chunk of a shot (3 latents -> 9 frames; what diffusers' decode does),
@@ -13,6 +13,7 @@ Prints one line per figure: seconds per chunk for
 and the max abs difference between the two decodes.
 """
 import argparse
+import os
 import tempfile
 import time
 
@@ -36,13 +37,22 @@ def main():
     ap.add_argument("--latent_h", type=int, default=8)
     ap.add_argument("--latent_w", type=int, default=13)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="if > 0: CPU threads for both (1 is robust to other load on a shared machine)")
     args = ap.parse_args()
+    if args.threads:
+        # Must be set before jax is imported.
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
+                                   + ("false" if args.threads == 1 else "true")
+                                   + f" intra_op_parallelism_threads={args.threads}")
 
     import diffusers
     import jax
     import jax.numpy as jnp
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from shotstream_jax import convert
     from shotstream_jax.models.wan_vae import decode_step
 

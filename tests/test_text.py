@@ -1,7 +1,6 @@
 """TextEncoder against Wan's T5EncoderModel recipe run on transformers (tokenizer + UMT5EncoderModel + zero padding)."""
 import warnings
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch

@@ -1,7 +1,6 @@
 """WanVAE against diffusers' AutoencoderKLWan (tiny random model), in both checkpoint layouts."""
 import re
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ from flax import nnx
 
 from shotstream_jax import convert
 from shotstream_jax.convert import CheckpointError
-from shotstream_jax.models.wan_vae import WanVAEConfig, decode_step
+from shotstream_jax.models.wan_vae import WanVAEConfig, _decode_step, decode_step
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -131,10 +130,13 @@ def test_streaming_decode_equals_whole(vae, chunk):
     whole = vae.decode(z)
     cache = vae.init_decode_cache(1, H // 8, W // 8)
     parts = []
+    compiled = _decode_step._cache_size()
     for s in range(0, 7, chunk):
         frames, cache = decode_step(vae, z[:, s:s + chunk], cache)
         parts.append(frames)
     assert parts[0].shape[1] == 1 + 4 * (min(chunk, 7) - 1)
+    # one compile for the first chunk, one per later chunk shape (3, 3, 1 -> two)
+    assert _decode_step._cache_size() - compiled <= (2 if chunk == 1 else 3)
     np.testing.assert_allclose(np.concatenate(parts, axis=1), whole, atol=1e-5)
 
 

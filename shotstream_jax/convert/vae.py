@@ -13,6 +13,7 @@ Every torch key name lives in the two tables below. Torch conv weights
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Optional
 
@@ -119,12 +120,13 @@ def _infer_config(ours: dict, src: str, dtype: str) -> WanVAEConfig:
 
 
 def _config_from_diffusers(cfg: dict, inferred: WanVAEConfig) -> WanVAEConfig:
-    """Latent statistics from config.json (sizes are checked against the weights by fill_module)."""
-    return WanVAEConfig(
-        base_dim=inferred.base_dim, z_dim=inferred.z_dim, dim_mult=inferred.dim_mult,
-        num_res_blocks=inferred.num_res_blocks, temporal_downsample=inferred.temporal_downsample,
-        latents_mean=tuple(cfg.get("latents_mean", inferred.latents_mean)),
-        latents_std=tuple(cfg.get("latents_std", inferred.latents_std)), dtype=inferred.dtype)
+    """Latent statistics from config.json (sizes are checked against the weights
+    by fill_module). diffusers writes its 16 Wan2.1 defaults even for other
+    z_dim; those are ignored."""
+    mean, std = cfg.get("latents_mean"), cfg.get("latents_std")
+    if mean is None or std is None or len(mean) != inferred.z_dim or len(std) != inferred.z_dim:
+        return inferred
+    return dataclasses.replace(inferred, latents_mean=tuple(mean), latents_std=tuple(std))
 
 
 def load_wan_vae(path: str, config: Optional[WanVAEConfig] = None, dtype: str = "float32") -> WanVAE:

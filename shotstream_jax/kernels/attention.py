@@ -48,16 +48,19 @@ class MaskSpec:
 def _xla(q, k, v, mask: Optional[MaskSpec]):
     b, lq, _, d = q.shape
     lk = k.shape[1]
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-    logits = logits * (d ** -0.5)
+    # Heads-major operands make both dots plain batched matmuls; with heads in the
+    # middle XLA:CPU runs the score dot about 1.4x slower (benchmarks/RESULTS.md).
+    # The scale goes on q (Lq*D multiplies, not Lq*Lk).
+    q, k, v = (x.transpose(0, 2, 1, 3) for x in (q * jnp.asarray(d ** -0.5, q.dtype), k, v))
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
     if mask is not None:
         m = mask.dense(b, lq, lk)
         if m is not None:
             logits = jnp.where(m, logits, -jnp.inf)
     p = jax.nn.softmax(logits, axis=-1)
-    out = jnp.einsum("bhqk,bkhd->bqhd", p.astype(v.dtype), v,
+    out = jnp.einsum("bhqk,bhkd->bhqd", p.astype(v.dtype), v,
                      preferred_element_type=jnp.float32)
-    return out.astype(q.dtype)
+    return out.transpose(0, 2, 1, 3).astype(q.dtype)
 
 
 def _cudnn(q, k, v, mask: Optional[MaskSpec]):

@@ -1,0 +1,222 @@
+"""shotstream-bench: time the streaming pipeline, shot by shot, chunk by chunk, and write JSON.
+
+  shotstream-bench --model=toy --shots=2 --json=bench.json
+  shotstream-bench --model=wan-1.3b-random --shots=5 --json=h100.json --profile_dir=/tmp/trace
+  shotstream-bench --model=models/wan13b --height=480 --width=832
+
+It drives the real pipeline (`pipeline.ShotStream`, a session, `next_shot`
+per prompt): per shot the prompt is encoded by umT5 (timed alone as
+text_encode_s), the context frames sampled from the story so far are
+VAE-encoded and one context pass fills the global cache, then each of the 7
+chunks runs 4 denoising passes and 1 cache pass (36 DiT passes per shot) and is
+decoded by the streaming VAE decoder to uint8 frames on the host. Two untimed
+shots in a separate session (the first, with an empty global cache, and a
+second, with a context pass) compile everything; then --shots shots are timed
+in a fresh session.
+
+--model: a model directory (shotstream-convert output with DiT, VAE, umT5 and
+tokenizer), or random weights: toy (the bundled default model: 2 layers,
+width 64, tiny VAE and umT5, byte tokenizer), small-random (the same with 4
+blocks of width 256, head dim 128), wan-1.3b-random and wan-14b-random (full
+Wan DiT and VAE, umT5-XXL layers over a byte vocabulary, bf16 by default).
+
+JSON fields: fps (decoded frames per second over the timed shots, prompt in to
+last frame), first_frame_latency_s (prompt in to the first decoded frame of a
+shot; median over shots, and per shot), per_chunk_s (seconds of every chunk,
+one list per shot; a shot's first chunk also holds its context encode and
+context pass), compile_s (the two warm-up shots' time minus the first two
+timed shots'), text_encode_s, peak_memory_bytes and peak_memory_source, mfu
+and mfu_note (model FLOPs of the DiT passes, formula in shotstream_jax/perf.py,
+over the shots' time after text encoding and the device's dense bf16 peak;
+null on CPUs and unknown devices), flops_per_shot, device, config.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", "toy", "Model directory, or random weights: toy | small-random | wan-1.3b-random | "
+                    "wan-14b-random.")
+flags.DEFINE_integer("shots", 3, "Shots to time (after two untimed warm-up shots that compile).")
+flags.DEFINE_string("json", None, "Write the results here as JSON (they are always printed too).")
+flags.DEFINE_string("profile_dir", None, "Capture a jax.profiler trace of the timed shots into this directory.")
+flags.DEFINE_integer("height", None, "Video height in pixels (default: the size's config; multiple of 16).")
+flags.DEFINE_integer("width", None, "Video width in pixels (default: the size's config; multiple of 16).")
+flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
+                  "Parameters, activations and caches end to end (default: the size's config, bf16 for Wan sizes).")
+flags.DEFINE_integer("scan_unroll", None, "Unroll factor of the scan over DiT blocks.")
+flags.DEFINE_string("attention_impl", None, "Attention implementation (auto|xla|cudnn|pallas|...).")
+flags.DEFINE_integer("seed", 0, "Seed of the random weights and noise.")
+
+PROG = "shotstream-bench"
+# --model name -> (config size, DiT overrides) of random-weight models.
+RANDOM_SIZES = {
+    "toy": ("toy", {}),
+    # The default model with wider Wan-like blocks (head dim 128): a CPU chunk takes a fraction of a second.
+    "small-random": ("toy", dict(dim=256, ffn_dim=1024, num_heads=2, num_layers=4)),
+    "wan-1.3b-random": ("wan_1_3b", {}),
+    "wan-14b-random": ("wan_14b", {}),
+}
+
+
+def random_vae(cfg, seed: int):
+    """A WanVAE with random weights filled on the host from its abstract shapes
+    (an eager init compiles one random kernel per parameter shape, a jitted one
+    compiles for minutes on a CPU)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from shotstream_jax.models.wan_vae import WanVAE
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: WanVAE(cfg, rngs=nnx.Rngs(0))))
+    rng = np.random.default_rng(seed)
+
+    def fill(x):  # kernels ~ N(0, 1/fan_in); vectors (biases, norm scales) 1
+        if len(x.shape) < 2:
+            return jnp.ones(x.shape, x.dtype)
+        return jnp.asarray(rng.standard_normal(x.shape, np.float32) / np.sqrt(np.prod(x.shape[:-1])), x.dtype)
+
+    return nnx.merge(graphdef, jax.tree.map(fill, abstract))
+
+
+def load(model: str, seed: int):
+    """(config, dit, vae, text_encoder) for --model, with the runtime flags applied."""
+    from flax import nnx
+
+    from shotstream_jax import default_model, model_dir
+    from shotstream_jax.config import get_config
+    from shotstream_jax.models.umt5 import UMT5Config, UMT5Encoder
+    from shotstream_jax.models.wan_dit import WanDiT, WanDiTConfig
+    from shotstream_jax.models.wan_vae import WanVAEConfig
+    from shotstream_jax.text import ByteTokenizer, TextEncoder
+
+    overrides = {k: v for k, v in dict(dtype=FLAGS.dtype, param_dtype=FLAGS.dtype, scan_unroll=FLAGS.scan_unroll,
+                                       attention_impl=FLAGS.attention_impl).items() if v is not None}
+    if model in RANDOM_SIZES:
+        size, size_overrides = RANDOM_SIZES[model]
+        if size == "toy":  # the bundled default model (fixed random weights, byte tokenizer, tiny umT5)
+            return default_model.build(**size_overrides, **overrides)
+        config = get_config(size, "generate")
+        dit_cfg = WanDiTConfig.from_dict({**config.model.to_dict(), **overrides})
+        dit = nnx.jit(lambda: WanDiT(dit_cfg, rngs=nnx.Rngs(seed)))()  # one compile, not one per weight shape
+        vae = random_vae(WanVAEConfig(dtype=dit_cfg.dtype), seed + 1)
+        # umT5-XXL layers with a byte vocabulary: the encoder's cost without a tokenizer file.
+        t5_cfg = UMT5Config.from_size("xxl", vocab_size=ByteTokenizer.vocab_size, dtype=dit_cfg.dtype,
+                                      param_dtype=dit_cfg.dtype)
+        t5 = nnx.jit(lambda: UMT5Encoder(t5_cfg, rngs=nnx.Rngs(seed + 2)))()
+        return config, dit, vae, TextEncoder(t5, ByteTokenizer(), text_len=dit_cfg.text_len)
+    if os.path.isdir(model):
+        return model_dir.load_pipeline(model, **overrides)
+    raise ValueError(f"--model={model!r} is neither a model directory nor one of {sorted(RANDOM_SIZES)}; "
+                     "convert PyTorch weights with shotstream-convert or pick a random size")
+
+
+def bench(pipe, shots: int, seed: int, profile_dir: str | None) -> dict:
+    """Stream `shots` shots through a `pipeline.ShotStream` session and collect the figures."""
+    import jax
+
+    from shotstream_jax import perf
+    from shotstream_jax.text import shot_prompt
+
+    caption = "A benchmark story in a quiet harbour town."
+
+    def run_shots(session, n, tag):
+        out = []
+        for i in range(n):  # prompts differ between sessions: the text encoder caches by prompt
+            prompt = f"{tag} shot {i + 1}: the camera moves along the harbour."
+            out.append(perf.time_shot(
+                lambda: pipe.text_encoder.encode(shot_prompt(caption, i, prompt)),  # next_shot reuses it
+                lambda: session.next_shot(prompt)))
+        return out
+
+    # Warm-up: the first shot (empty global cache) and a second (context encode + pass) compile everything.
+    warm = run_shots(pipe.session(caption, seed=seed), 2, "Warm-up")
+    if profile_dir:
+        jax.profiler.start_trace(profile_dir)
+    try:
+        timings = run_shots(pipe.session(caption, seed=seed + 1), shots, "Timed")
+    finally:
+        if profile_dir:
+            jax.profiler.stop_trace()
+
+    c = pipe.dit.cfg
+    s = (pipe.latent_hw[0] // c.patch_size[1]) * (pipe.latent_hw[1] // c.patch_size[2])
+    steps = len(pipe.timesteps)
+    flops = [perf.shot_flops(c, s, c.text_len, pipe.context_frames, pipe.chunk_frames, pipe.chunks_per_shot, steps,
+                             context_valid=pipe.context_frames if shot > 0 else 0) for shot in range(shots)]
+    dit_time = sum(sum(t.per_chunk_s) for t in timings)
+    info = perf.device_info()
+    peak = perf.peak_flops(info["device_kind"])
+    mem, mem_source = perf.peak_memory()
+    mfu_note = ("model FLOPs of the DiT passes (shotstream_jax/perf.py) / the shots' time after text encoding "
+                "(context encode and pass, chunks, decode) / dense bf16 peak of the one device used")
+    if c.dtype != "bfloat16":
+        mfu_note += f"; this run computed in {c.dtype}"
+    later = [t.total_s for t in timings[1:]] or [timings[0].total_s]
+    return {
+        "fps": sum(t.frames for t in timings) / sum(t.total_s for t in timings),
+        "first_frame_latency_s": statistics.median(t.first_frame_latency_s for t in timings),
+        "first_frame_latency_per_shot_s": [t.first_frame_latency_s for t in timings],
+        "per_chunk_s": [t.per_chunk_s for t in timings],
+        "compile_s": max(warm[0].total_s + warm[1].total_s - timings[0].total_s - statistics.median(later), 0.0),
+        "text_encode_s": statistics.median(t.text_encode_s for t in timings),
+        "seconds_per_shot": [t.total_s for t in timings],
+        "frames_per_shot": [t.frames for t in timings],
+        "peak_memory_bytes": mem,
+        "peak_memory_source": mem_source,
+        "mfu": None if peak is None else sum(flops) / dit_time / peak,
+        "mfu_note": mfu_note if peak is not None else f"no peak FLOP/s known for {info['device_kind']!r}: mfu is null",
+        "flops_per_shot": flops,
+        "achieved_flops_per_s": sum(flops) / dit_time,
+        **info,
+        "pipeline": "shotstream_jax.pipeline.ShotStream session: umT5 text encoding, VAE-encoded context, "
+                    "student passes over a DualCache, streaming VAE decode to uint8 frames on the host",
+        "config": {"model": FLAGS.model, "dit": dataclasses.asdict(c), "vae": dataclasses.asdict(pipe.vae.cfg),
+                   "umt5": dataclasses.asdict(pipe.text_encoder.model.cfg), "height": pipe.height,
+                   "width": pipe.width, "shots": shots, "latent_hw": list(pipe.latent_hw), "tokens_per_frame": s,
+                   "context_frames": pipe.context_frames, "chunk_frames": pipe.chunk_frames,
+                   "chunks_per_shot": pipe.chunks_per_shot, "timesteps": [float(t) for t in pipe.timesteps],
+                   "text_len": c.text_len},
+    }
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from shotstream_jax.cli.common import fail
+    if FLAGS.shots < 1:
+        raise app.UsageError("--shots must be at least 1")
+    from shotstream_jax.pipeline import ShotStream
+    try:
+        config, dit, vae, text_encoder = load(FLAGS.model, FLAGS.seed)
+        config.video.height = FLAGS.height or config.video.height
+        config.video.width = FLAGS.width or config.video.width
+        pipe = ShotStream(config, dit, vae, text_encoder)
+    except (ValueError, OSError) as e:
+        return fail(PROG, str(e))
+    result = bench(pipe, FLAGS.shots, FLAGS.seed, FLAGS.profile_dir)
+    for k in ("device", "fps", "first_frame_latency_s", "compile_s", "text_encode_s", "peak_memory_bytes", "mfu"):
+        print(f"{k}: {result[k]}")
+    for i, chunk_s in enumerate(result["per_chunk_s"], 1):
+        print(f"shot {i} per-chunk s: {' '.join(f'{x:.4f}' for x in chunk_s)}")
+    if FLAGS.json:
+        try:
+            with open(FLAGS.json, "w") as f:
+                json.dump(result, f, indent=1)
+        except OSError as e:
+            return fail(PROG, f"--json={FLAGS.json}: {e.strerror}; give a path in a writable directory")
+    return 0
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,93 @@
+"""shotstream-bench: FLOP counts against hand-multiplied figures, and the CLI's JSON schema."""
+import json
+
+import pytest
+
+from shotstream_jax import perf
+from shotstream_jax.models.wan_dit import WanDiTConfig
+from tests.conftest import run_python
+
+# dim 64, ffn 128, 2 layers, freq_dim 32, patch (1,2,2) -> P*C = 64.
+CFG = WanDiTConfig.from_size("tiny", text_dim=32, freq_dim=32, text_len=16)
+
+
+def test_dit_pass_flops_by_hand():
+    """Reference: the terms multiplied out by hand for Lq=12, Lk=20, Lt=16 over 3 frames."""
+    # per layer: linears 2*12*(6*64*64 + 2*64*128) = 24 * 40960 = 983040
+    #            self-attn 4*12*20*64 = 61440; cross-attn 4*12*16*64 = 49152
+    per_layer = 983040 + 61440 + 49152
+    # patch embed + head 2*12*(64*64 + 64*64) = 196608; time 2*3*(32*64 + 64*64 + 6*64*64) = 184320
+    assert perf.dit_pass_flops(CFG, 12, 20, 16, 3) == 2 * per_layer + 196608 + 184320
+
+
+def test_text_kv_flops_by_hand():
+    """Reference: 2*16*(32*64 + 64*64) text MLP + 2 layers * 2*16*2*64*64 k/v projections."""
+    assert perf.text_kv_flops(CFG, 16) == 196608 + 2 * 262144
+
+
+def test_shot_flops_counts_36_passes():
+    """Reference: the sum over passes written out (1 context pass + 2 chunks x (4 + 1)), 4 tokens per frame."""
+    s, nc, n = 4, 6, 3
+    expected = perf.dit_pass_flops(CFG, nc * s, nc * s, 16, nc)
+    expected += 5 * perf.dit_pass_flops(CFG, n * s, nc * s + n * s, 16, n)
+    expected += 5 * perf.dit_pass_flops(CFG, n * s, nc * s + 2 * n * s, 16, n)
+    assert perf.shot_flops(CFG, s, 16, nc, n, chunks=2, steps=4, context_valid=nc) == expected
+    no_history = expected - perf.dit_pass_flops(CFG, nc * s, nc * s, 16, nc)
+    # neither chunk's 5 passes attend to a context frame: 4*Lq*Lk*D fewer per layer
+    no_history -= 2 * 5 * CFG.num_layers * 4 * (n * s) * (nc * s) * CFG.dim
+    assert perf.shot_flops(CFG, s, 16, nc, n, chunks=2, steps=4, context_valid=0) == no_history
+
+
+def test_time_shot_bookkeeping():
+    """Reference: a fake shot of 3 chunks (9, 12, 12 frames) whose durations are known lower bounds."""
+    import time
+
+    import numpy as np
+
+    def chunks():
+        for n in (9, 12, 12):
+            time.sleep(0.01)
+            yield np.zeros((n, 2, 2, 3), np.uint8)
+
+    t = perf.time_shot(lambda: time.sleep(0.02), chunks)
+    assert t.frames == 33 and len(t.per_chunk_s) == 3
+    assert t.text_encode_s >= 0.02 and min(t.per_chunk_s) >= 0.01
+    assert t.first_frame_latency_s == pytest.approx(t.text_encode_s + t.per_chunk_s[0])
+    assert t.total_s >= t.text_encode_s + sum(t.per_chunk_s)
+
+
+@pytest.mark.parametrize("kind, peak", [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
+                                        ("NVIDIA H200", 989e12), ("NVIDIA A100-SXM4-80GB", 312e12),
+                                        ("TPU v5p", 459e12), ("TPU v5 lite", 197e12), ("TPU v4", 275e12),
+                                        ("cpu", None)])
+def test_peak_flops_table(kind, peak):
+    """Reference: the vendors' dense bf16 datasheet figures."""
+    assert perf.peak_flops(kind) == peak
+
+
+def test_cli_json_fields(tmp_path):
+    """Reference: the field list and types promised by `shotstream-bench --help`, on the toy model."""
+    out = tmp_path / "bench.json"
+    r = run_python("-m", "shotstream_jax.cli.bench", "--model=toy", "--shots=2", f"--json={out}",
+                   "--height=16", "--width=16", timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    d = json.loads(out.read_text())
+    for key in ("fps", "first_frame_latency_s", "compile_s", "text_encode_s", "achieved_flops_per_s"):
+        assert isinstance(d[key], float) and d[key] > 0, key
+    assert isinstance(d["peak_memory_bytes"], int) and d["peak_memory_bytes"] > 0
+    assert d["peak_memory_source"]
+    assert len(d["per_chunk_s"]) == 2 and all(len(s) == 7 for s in d["per_chunk_s"])
+    assert all(isinstance(x, float) and x > 0 for s in d["per_chunk_s"] for x in s)
+    assert d["frames_per_shot"] == [81, 81]
+    assert d["mfu"] is None and "cpu" in d["mfu_note"]  # no known peak for a CPU
+    assert d["device"] and d["backend"] == "cpu"
+    assert d["config"]["height"] == 16 and d["config"]["width"] == 16 and d["config"]["dit"]["num_layers"] == 2
+    assert len(d["flops_per_shot"]) == 2 and d["flops_per_shot"][1] > d["flops_per_shot"][0] > 0
+    assert "ShotStream" in d["pipeline"] and d["config"]["umt5"]["d_model"] == 32
+
+
+def test_cli_rejects_unknown_model():
+    """Reference: the error contract of cli/common.fail (one line naming the input and the fix)."""
+    r = run_python("-m", "shotstream_jax.cli.bench", "--model=/no/such/dir", "--shots=1")
+    assert r.returncode == 1
+    assert "--model='/no/such/dir'" in r.stderr and "shotstream-convert" in r.stderr
