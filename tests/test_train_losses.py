@@ -103,3 +103,10 @@ def test_lora_starts_at_the_base_model_and_merges_w_plus_scaled_ab():
     a = np.asarray(ad["blocks/ffn/fc1"]["a"])
     np.testing.assert_allclose(merged, params["blocks"]["ffn"]["fc1"]["kernel"] + 2.0 * a @ np.ones((2, 2, 6)),
                                rtol=1e-5)
+
+
+def test_ode_pairs_keep_the_reference_steps():
+    """Teacher_Ode_Sample.py saves the inputs of steps [0, 13, 25, 37] of its 50-step sampler."""
+    from shotstream_jax.config import get_config
+    from shotstream_jax.train.stages import ode_save_steps
+    assert ode_save_steps(get_config("wan_1_3b", "ode_pairs")) == (0, 13, 25, 37)

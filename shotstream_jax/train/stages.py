@@ -482,30 +482,23 @@ def negative_embedding(cfg) -> jax.Array:
 # ------------------------------------------------------------------ ODE pairs
 
 
+def ode_save_steps(cfg) -> tuple[int, ...]:
+    """Steps of the teacher's sampler nearest the student's timesteps ((0, 13, 25, 37) of 50 in the reference)."""
+    shift = cfg.shotstream.timestep_shift
+    ts, _ = schedule.teacher_timesteps(cfg.train.ode_steps, shift)
+    return tuple(int(np.argmin(np.abs(ts - t))) for t in schedule.student_timesteps(cfg.shotstream.denoising_steps, shift))
+
+
 def ode_trajectory(cfg, dit: WanDiT, ex, key: jax.Array, uncond: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Teacher Euler sampling with CFG (`Teacher_Ode_Sample.py`) of one example.
+    """Teacher sampling with CFG of one example (`teacher.sample`, `Teacher_Ode_Sample.py`).
 
-    Returns (states at the student's timesteps [S, T, h, w, C], final x0 [T, h, w, C]):
-    the latents entering the 50-step sampler's steps closest to the student's
-    4 timesteps (indices 0, 13, 25, 37 of 50 in the reference) and the result.
+    Returns (the sampler's inputs at `ode_save_steps` [S, T, h, w, C], its sample x0 [T, h, w, C]).
     """
-    shift, g = cfg.shotstream.timestep_shift, cfg.train.ode_guidance
-    ts, ss = schedule.teacher_timesteps(cfg.train.ode_steps, shift)
-    student_t = schedule.student_timesteps(cfg.shotstream.denoising_steps, shift)
-    save = np.full(len(ts), -1, np.int32)
-    save[[int(np.argmin(np.abs(ts - t))) for t in student_t]] = np.arange(len(student_t))
-    _, _, cond_v = teacher_x0_fns(cfg, dit, ex, uncond, 0.0)
-    null_ex = dict(ex, text=jnp.broadcast_to(uncond, ex["text"].shape))
-    _, _, uncond_v = teacher_x0_fns(cfg, dit, null_ex, uncond, 0.0)
-    ts, ss, save = jnp.asarray(ts), jnp.asarray(ss), jnp.asarray(save)
-
-    def body(i, carry):
-        x, rec = carry
-        rec = jnp.where(save[i] >= 0, rec.at[jnp.maximum(save[i], 0)].set(x), rec)
-        c, u = cond_v(x, ts[i]), uncond_v(x, ts[i])
-        return schedule.euler_step(x, u + g * (c - u), ss[i], ss[i + 1]), rec
-
-    noise = jax.random.normal(key, ex["target"].shape, jnp.float32)
-    rec = jnp.zeros((len(student_t),) + noise.shape, jnp.float32)
-    x0, rec = jax.lax.fori_loop(0, ts.shape[0], body, (noise, rec))
-    return rec, x0
+    fc, tf = ex["context"].shape[0], ex["target"].shape[0]
+    layout = context_lib.ShotLayout(np.arange(fc + tf), _rope_shots(ex["context_shot"], tf), _frame_prompt(fc, tf))
+    noise = jax.random.normal(key, (1,) + ex["target"].shape, jnp.float32)
+    x0, inputs = teacher_lib.sample(
+        dit, ex["context"][None], noise, dit.encode_text(_text_slots(ex)[None]), dit.encode_text(uncond[None]),
+        layout, guidance=cfg.train.ode_guidance, num_steps=cfg.train.ode_steps, shift=cfg.shotstream.timestep_shift,
+        shot_theta=context_lib.shot_theta(cfg.shotstream), save_steps=ode_save_steps(cfg))
+    return inputs[:, 0], x0[0]
