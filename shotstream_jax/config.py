@@ -61,5 +61,44 @@ def get_config(size: str = "toy", stage: str = "teacher") -> ml_collections.Conf
     c.train = ml_collections.ConfigDict(dict(
         steps=10 if toy else 30000, batch_size=1, seed=0, lr=1e-5, warmup_steps=0,
         log_every=1, checkpoint_every=5 if toy else 500, keep_checkpoints=3))
-    c.data = ml_collections.ConfigDict(dict(manifest="", latents_dir=""))
+    c.data = ml_collections.ConfigDict(dict(
+        manifest="",             # reference CSV; empty: a toy dataset is generated in the workdir
+        latents_dir="",          # pre-encoded examples (shotstream_jax.data.preencode); wins over manifest
+        encoder_dir="",          # full model dir whose VAE + umT5 encode videos/prompts (toy: TOY stand-ins)
+        max_shots=5,             # prompt slots per example (videos have 2-5 shots)
+        toy_videos=4,            # size of the generated toy dataset
+        shuffle_seed=0))
+    _add_stage(c, stage, toy)
     return c
+
+
+def _add_stage(c: ml_collections.ConfigDict, stage: str, toy: bool) -> None:
+    """Stage recipe (DESIGN.md sections 5 and 8; tools/train/config/*.yaml of the reference)."""
+    t = c.train
+    t.b1, t.b2 = 0.0, 0.999
+    t.weight_decay = 0.01
+    t.clip_norm = 10.0
+    t.trainable = "all"              # all | self_attn | lora
+    t.lora_rank, t.lora_alpha = (4, 4.0) if toy else (256, 256.0)
+    t.context_dropout = 0.0
+    t.text_dropout = 0.0
+    t.guidance_scale = 3.0           # real score: cond + 3 (cond - uncond) = CFG 4
+    t.critic_steps = 5               # critic updates per generator update
+    t.lr_critic = 4e-7
+    t.clip_norm_critic = 10.0
+    t.min_t, t.max_t = 20.0, 980.0   # DMD timestep clamp
+    t.ode_steps = 10 if toy else 50  # teacher sampling steps for ODE pairs
+    t.ode_guidance = 6.0
+    t.num_shots = 3 if toy else 5    # shots rolled out per video in dmd_inter
+    t.teacher_dir = ""               # model dir of the bidirectional teacher (real score, critic init)
+    t.init_dir = ""                  # model dir the trained network starts from
+    t.ode_dir = ""                   # ODE pairs written by the ode_pairs stage
+    if stage == "teacher":
+        t.lr, t.trainable = 1e-5, "self_attn"
+        t.context_dropout = t.text_dropout = 0.1
+    elif stage == "ode_init":
+        t.lr = 1e-6
+    elif stage in ("dmd_intra", "dmd_inter"):
+        t.lr, t.clip_norm = 2e-6, 1.0
+        if stage == "dmd_inter":
+            t.trainable = "lora"

@@ -1,0 +1,124 @@
+"""Training data against the reference format (demo/data/sample.csv, utils/dataset.py) and core's context rule."""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from shotstream_jax import context
+from shotstream_jax.config import get_config
+from shotstream_jax.data import manifest, pipeline, preencode, toy
+
+
+@pytest.fixture(scope="module")
+def toy_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("toy")
+    toy.make_toy_dataset(str(d), num_videos=3, shot_frames=(30, 85, 20))
+    return d
+
+
+def _cfg():
+    return get_config("toy", "teacher")
+
+
+def test_manifest_reads_reference_sample_format(tmp_path):
+    """The reference's own sample row and caption JSON layout."""
+    (tmp_path / "v.mp4").write_bytes(b"x")
+    (tmp_path / "c.json").write_text(json.dumps({"global_caption": "G", "shot1": "a", "shot2": "b"}))
+    (tmp_path / "m.csv").write_text('shot_num_from_caption,json_path,video_path,frame_number\n'
+                                    '2,c.json,v.mp4,"[[0, 56], [56,114]]"\n')
+    clips, skipped = manifest.read_manifest(str(tmp_path / "m.csv"))
+    assert skipped == 0 and clips[0].ranges == ((0, 56), (56, 114))
+    assert clips[0].prompts == ("Gshot0:a", "Gshot1:b")  # utils/dataset.py: global + "shot{i}:" + caption
+
+
+def test_broken_rows_are_skipped_and_counted(toy_dir, caplog):
+    rows = list(csv.reader(open(toy_dir / "manifest.csv")))
+    (toy_dir / "empty.json").write_text(json.dumps({"global_caption": "g", "shot1": "", "shot2": "x", "shot3": "y"}))
+    (toy_dir / "bad.mp4").write_bytes(b"not a video")
+    good = rows[1]
+    broken = [
+        [3, "0000.json", "missing.mp4", good[3]],                  # missing file
+        [3, "0000.json", "0000.mp4", "[[0, 30], [30, 115], [115, 999]]"],  # ranges past the end
+        [3, "empty.json", "0000.mp4", good[3]],                    # empty caption
+        [3, "0000.json", "bad.mp4", good[3]],                      # unreadable video
+    ]
+    path = toy_dir / "mixed.csv"
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([rows[0], good] + broken)
+    clips, skipped = manifest.read_manifest(str(path))
+    assert skipped == 2 and len(clips) == 3      # missing file and empty caption fail on reading
+    src = pipeline.ClipSource(clips, _cfg(), *pipeline.encoders(_cfg()))
+    out = [src[i] for i in range(len(src))]
+    assert out[0] is not None and out[1] is None and out[2] is None and src.broken == 2
+    batches = iter(pipeline.dataset(src, 2, seed=0))
+    b = next(batches)                              # broken clips dropped, never a crash
+    assert b["target"].shape[0] == 2
+    assert "skipped" in caplog.text
+
+
+def test_example_follows_next_shot_rule(toy_dir):
+    """Context frames = core's sample_context over the history shots; the last shot is the target."""
+    cfg = _cfg()
+    clips, _ = manifest.read_manifest(str(toy_dir / "manifest.csv"))
+    ex = pipeline.build_example(clips[0], cfg, *pipeline.encoders(cfg))
+    picks = context.sample_context([30, 85], 6)
+    assert ex["context_shot"].tolist() == [k for k, _ in picks]
+    assert ex["context"].shape == (6, 4, 4, 16) and ex["target"].shape == (21, 4, 4, 16)
+    assert int(ex["target_shot"]) == 2 and int(ex["num_shots"]) == 3
+    assert ex["text"].shape == (5, cfg.model.text_len, cfg.model.text_dim) and not ex["text"][3:].any() and ex["text"][:3].any()
+    # a context frame is encoded alone: the toy VAE of that one resized frame
+    frames = pipeline.read_video(clips[0].video, 135)
+    k, i = picks[-1]
+    one = pipeline.resize_crop(frames[[30 * k + i]], 32, 32)
+    np.testing.assert_allclose(ex["context"][-1], toy.toy_encode_video(one)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_target_indices_stride_or_stretch():
+    np.testing.assert_array_equal(pipeline.target_frame_indices(10, 180, 81), 10 + 2 * np.arange(81))
+    short = pipeline.target_frame_indices(0, 20, 81)
+    assert short[0] == 0 and short[-1] == 19 and len(short) == 81
+
+
+def test_pipeline_is_deterministic_and_resumable(toy_dir):
+    cfg = _cfg()
+    src = pipeline.source(cfg, str(toy_dir.parent / "w"))
+    it = iter(pipeline.dataset(src, 2, seed=3))
+    first = [next(it)["target"] for _ in range(2)]
+    state = it.get_state()
+    after = next(it)["target"]
+    again = iter(pipeline.dataset(src, 2, seed=3))
+    np.testing.assert_array_equal(next(again)["target"], first[0])
+    again.set_state(state)
+    np.testing.assert_array_equal(next(again)["target"], after)
+
+
+def test_preencoded_examples_equal_online_ones(toy_dir, tmp_path):
+    cfg = _cfg()
+    enc = pipeline.encoders(cfg)
+    n = preencode.preencode(cfg, str(toy_dir / "manifest.csv"), str(tmp_path / "pre"), *enc)
+    assert n == 3 and os.path.exists(tmp_path / "pre" / "negative_text.npy")
+    clips, _ = manifest.read_manifest(str(toy_dir / "manifest.csv"))
+    online = pipeline.build_example(clips[1], cfg, *enc)
+    stored = pipeline.PreencodedSource(str(tmp_path / "pre"))[1]
+    for k, v in online.items():
+        np.testing.assert_allclose(stored[k], v, rtol=2e-3, atol=2e-3, err_msg=k)
+
+
+def test_encoders_from_a_full_model_directory(toy_dir, tmp_path):
+    """data.encoder_dir: the model's Wan VAE (normalised, as pipeline.encode_context) and umT5 (default toy model)."""
+    from shotstream_jax import default_model, model_dir
+    _, dit, vae, text_encoder = default_model.build()
+    model_dir.save(str(tmp_path / "m"), dit, vae=vae, text_model=text_encoder.model, tokenizer="bytes")
+    cfg = _cfg()
+    cfg.data.encoder_dir = str(tmp_path / "m")
+    clips, _ = manifest.read_manifest(str(toy_dir / "manifest.csv"))
+    ex = pipeline.build_example(clips[0], cfg, *pipeline.encoders(cfg))
+    assert ex["context"].shape == (6, 4, 4, 16) and ex["target"].shape == (21, 4, 4, 16)
+    np.testing.assert_allclose(ex["text"][0], np.asarray(text_encoder.encode(clips[0].prompts[0])[0]), atol=1e-5)
+    frames = pipeline.read_video(clips[0].video, 135)
+    k, i = context.sample_context([30, 85], 6)[0]
+    one = pipeline.resize_crop(frames[[30 * k + i]], 32, 32)
+    want = vae.cfg.normalize(vae.encode(one[None]))[0, 0]
+    np.testing.assert_allclose(ex["context"][0], np.asarray(want), rtol=1e-4, atol=1e-4)

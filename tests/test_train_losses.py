@@ -1,0 +1,112 @@
+"""DMD / critic / ODE losses against the formulas of model/dmd_frameconcat.py written out by hand in numpy."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from shotstream_jax import schedule
+from shotstream_jax.train import lora, losses
+
+SHIFT = 8.0
+
+
+def _scores():
+    """Fixed stand-in real / fake x0 predictors (any functions of (x_t, t) will do)."""
+    a = np.random.default_rng(0).standard_normal((3, 2, 2, 4)).astype(np.float32)
+
+    def real(xt, t):
+        return 0.5 * xt + a * (t / 1000.0)
+
+    def fake(xt, t):
+        return 0.8 * xt - 0.1 * a
+
+    return real, fake
+
+
+def test_dmd_generator_gradient_by_hand():
+    """d/dtheta of L for x = W z: dL/dx = g / x.size with g = (fake - real) / mean|x - real| (DMD eq. 7-8)."""
+    real, fake = _scores()
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((4, 4)).astype(np.float32)
+    z = rng.standard_normal((3, 2, 2, 4)).astype(np.float32)
+    key = jax.random.PRNGKey(7)
+
+    def loss(w):
+        x = jnp.einsum("fhwi,io->fhwo", z, w)
+        return losses.dmd_generator_loss(x, key, real, fake, min_t=20.0, max_t=980.0, shift=SHIFT)
+
+    (value, aux), grad_w = jax.value_and_grad(loss, has_aux=True)(jnp.asarray(w))
+
+    # by hand: the same t and noise the loss draws, then the closed form
+    k_t, k_eps = jax.random.split(key)
+    t = float(np.clip(schedule.timesteps()[int(jax.random.randint(k_t, (), 0, 1000))], 20, 980))
+    assert abs(float(aux["dmd_t"]) - t) < 1e-3
+    x = np.einsum("fhwi,io->fhwo", z, w).astype(np.float64)
+    s = float(schedule.sigmas()[int(np.argmin(np.abs(schedule.timesteps() - t)))])
+    eps = np.asarray(jax.random.normal(k_eps, x.shape, jnp.float32), np.float64)
+    xt = (1 - s) * x + s * eps
+    g = (np.asarray(fake(xt, t)) - np.asarray(real(xt, t))) / np.mean(np.abs(x - np.asarray(real(xt, t))))
+    expected_loss = 0.5 * np.mean(g ** 2)
+    dldx = g / x.size
+    expected_grad = np.einsum("fhwi,fhwo->io", z, dldx)
+    np.testing.assert_allclose(float(value), expected_loss, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(grad_w), expected_grad, rtol=1e-3, atol=1e-7)
+
+
+def test_critic_loss_is_flow_matching_on_generated_sample():
+    """mean((v_fake(x_t, t) - (eps - x))^2), no gradient into x."""
+    key = jax.random.PRNGKey(3)
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((3, 2, 2, 4)), jnp.float32)
+
+    def fake_v(xt, t):
+        return 0.3 * xt
+
+    value, gx = jax.value_and_grad(lambda x: losses.critic_loss(x, key, fake_v, min_t=20.0, max_t=980.0,
+                                                                shift=SHIFT))(x)
+    k_t, k_eps = jax.random.split(key)
+    t = jnp.clip(schedule.timesteps()[int(jax.random.randint(k_t, (), 0, 1000))], 20, 980)
+    eps = jax.random.normal(k_eps, x.shape)
+    xt = schedule.add_noise(x, eps, t)
+    np.testing.assert_allclose(float(value), float(jnp.mean((0.3 * xt - (eps - x)) ** 2)), rtol=1e-5)
+    assert not np.asarray(gx).any()
+
+
+def test_ode_regression_uses_one_step_per_chunk():
+    """Frames of a chunk share the trajectory index; loss = mse(x0_fn(x_idx, t_idx), clean)."""
+    ode = jnp.arange(4)[:, None, None, None, None] * jnp.ones((4, 6, 1, 1, 2))
+    step_t = jnp.asarray([1000.0, 900.0, 800.0, 700.0])
+    seen = {}
+
+    def x0_fn(x, t):
+        seen["x"], seen["t"] = x, t
+        return x
+
+    loss = losses.ode_regression_loss(ode, jnp.zeros((6, 1, 1, 2)), jax.random.PRNGKey(0), x0_fn,
+                                      chunk_frames=3, step_t=step_t)
+    idx = np.asarray(seen["x"][:, 0, 0, 0]).astype(int)
+    assert (idx[:3] == idx[0]).all() and (idx[3:] == idx[3]).all()
+    np.testing.assert_allclose(np.asarray(seen["t"]), np.asarray(step_t)[idx])
+    np.testing.assert_allclose(float(loss), np.mean(idx.astype(float) ** 2))
+
+
+def test_lora_starts_at_the_base_model_and_merges_w_plus_scaled_ab():
+    """W' = W + (alpha / r) A B, zero B at init (peft's LoRA)."""
+    rng = np.random.default_rng(0)
+    params = {"blocks": {"ffn": {"fc1": {"kernel": jnp.asarray(rng.standard_normal((2, 4, 6)), jnp.float32),
+                                          "bias": jnp.zeros((2, 6))}}},
+              "head": {"kernel": jnp.ones((4, 3))}}
+    ad = lora.init(params, 2, jax.random.PRNGKey(0))
+    assert list(ad) == ["blocks/ffn/fc1"]
+    same = lora.merge(params, ad, 2.0)
+    np.testing.assert_array_equal(same["blocks"]["ffn"]["fc1"]["kernel"], params["blocks"]["ffn"]["fc1"]["kernel"])
+    ad["blocks/ffn/fc1"]["b"] = jnp.ones((2, 2, 6))
+    merged = lora.merge(params, ad, 2.0)["blocks"]["ffn"]["fc1"]["kernel"]
+    a = np.asarray(ad["blocks/ffn/fc1"]["a"])
+    np.testing.assert_allclose(merged, params["blocks"]["ffn"]["fc1"]["kernel"] + 2.0 * a @ np.ones((2, 2, 6)),
+                               rtol=1e-5)
+
+
+def test_ode_pairs_keep_the_reference_steps():
+    """Teacher_Ode_Sample.py saves the inputs of steps [0, 13, 25, 37] of its 50-step sampler."""
+    from shotstream_jax.config import get_config
+    from shotstream_jax.train.stages import ode_save_steps
+    assert ode_save_steps(get_config("wan_1_3b", "ode_pairs")) == (0, 13, 25, 37)
