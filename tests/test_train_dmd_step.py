@@ -43,3 +43,7 @@ def test_generator_step_gradient_by_hand(tmp_path):
     (grads,) = vjp(jnp.asarray(g / g.size, jnp.float32))
     np.testing.assert_allclose(float(m["generator_loss"]), 0.5 * np.mean(g ** 2), rtol=1e-3)
     np.testing.assert_allclose(float(m["grad_norm"]), float(optax.global_norm(grads)), rtol=1e-3)
+    # The exit-step gradient reaches the text path too (cross-attention K/V and the text embedding).
+    flat = {jax.tree_util.keystr(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(grads)}
+    text_path = [n for n in flat if ("cross_attn" in n and "'k'" in n) or "text_embedding" in n]
+    assert text_path and all(float(jnp.abs(flat[n]).max()) > 0 for n in text_path), list(flat)[:8]

@@ -187,16 +187,19 @@ def denoise(dit: WanDiT, cache: DualCache, noise: jax.Array, key: jax.Array, tex
     sig = schedule.sigma_of(ts)
     slow = dit if dit_no_grad is None else dit_no_grad
 
-    def predict(model, x, i):
-        v = chunk_velocity(model, cache, x, jnp.full((b, n), ts[i]), text_kv, target_shot, shot_theta)
+    # The earlier steps see the text K/V without gradient too, as they see the weights.
+    slow_text = text_kv if dit_no_grad is None else jax.lax.stop_gradient(text_kv)
+
+    def predict(model, text, x, i):
+        v = chunk_velocity(model, cache, x, jnp.full((b, n), ts[i]), text, target_shot, shot_theta)
         return (x.astype(jnp.float32) - sig[i] * v).astype(noise.dtype)
 
     def step(i, x):
         eps = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
-        return schedule.add_noise_sigma(predict(slow, x, i), eps, sig[i + 1])
+        return schedule.add_noise_sigma(predict(slow, slow_text, x, i), eps, sig[i + 1])
 
     x = jax.lax.fori_loop(0, exit_step, step, noise)
-    return predict(dit, x, exit_step)
+    return predict(dit, text_kv, x, exit_step)
 
 
 def full_sequence_velocity(dit: WanDiT, context_latents: Optional[jax.Array], shot_latents: jax.Array,
@@ -329,7 +332,8 @@ def rollout_shot(graphdef, state, cache: DualCache, noise: jax.Array, key: jax.A
         cache = jax.lax.stop_gradient(cache)
         x0 = denoise(dit, cache, chunk_noise, jax.random.fold_in(key, c), text_kv, target_shot, shot_theta,
                      ts, exit_step, dit_no_grad=frozen)
-        cache = commit(frozen, cache, jax.lax.stop_gradient(x0), text_kv, target_shot, shot_theta)
+        cache = commit(frozen, cache, jax.lax.stop_gradient(x0), jax.lax.stop_gradient(text_kv), target_shot,
+                       shot_theta)
         return cache, x0
 
     cache, out = jax.lax.scan(body, cache, (jnp.arange(nchunks), chunks))

@@ -187,8 +187,9 @@ def rollout(cfg, dit: WanDiT, ex, key: jax.Array) -> jax.Array:
 
     The global cache is filled from the example's context at t=0; every chunk
     is denoised up to one exit step drawn here and shared by all chunks; only
-    the exit-step predictions carry gradients (earlier steps, cache passes and
-    the text K/V use stop_gradient(params)). Returns x0 [T, h, w, C].
+    the exit-step predictions carry gradients, through the weights and the
+    target prompt's text K/V (earlier steps and cache passes use
+    stop_gradient(params)). Returns x0 [T, h, w, C].
     """
     s = cfg.shotstream
     fc, shape = ex["context"].shape[0], ex["target"].shape
@@ -201,7 +202,7 @@ def rollout(cfg, dit: WanDiT, ex, key: jax.Array) -> jax.Array:
     cache = student_lib.init_cache(dit.cfg, 1, shape[1:3], context_frames=fc, shot_frames=shape[0])
     cache = student_lib.context_pass(frozen, cache, ex["context"][None], frozen.encode_text(_text_slots(ex)[None]),
                                      ex["context_shot"], frame_prompt=np.arange(fc), shot_theta=theta)
-    target_kv = frozen.encode_text(ex["text"][ex["target_shot"]][None])
+    target_kv = dit.encode_text(ex["text"][ex["target_shot"]][None])
     x, _, _, _ = student_lib.rollout_shot(
         graphdef, state, cache, jax.random.normal(k_noise, (1,) + shape, jnp.float32), k_steps, target_kv,
         ex["context_shot"][-1] + 1, exit_step, theta, ts, s.chunk_frames)
