@@ -1,6 +1,10 @@
 """Resume and overfitting of the teacher stage (reference: an uninterrupted run; the loss at the start)."""
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +15,7 @@ from shotstream_jax import sharding
 from shotstream_jax.data import pipeline
 from shotstream_jax.models import teacher
 from shotstream_jax.train import loop, stages
+from tests.conftest import REPO
 from tests.test_train_stages import small
 
 
@@ -19,16 +24,30 @@ def losses(workdir):
         return {m["step"]: m["loss"] for m in map(json.loads, f)}
 
 
-def test_resume_gives_the_same_losses(tmp_path):
-    """Stop after step 2 (steps=2), resume to 4: the losses of steps 3-4 match an uninterrupted run."""
+def test_killed_run_resumes_with_the_same_losses(tmp_path):
+    """SIGKILL a CLI run once step 3 is logged, run the same command again: every step's loss equals
+    an uninterrupted run's (wherever the kill landed relative to the asynchronous checkpoints)."""
     full, part = tmp_path / "full", tmp_path / "part"
-    loop.train(small("teacher", steps=4, batch_size=2), str(full), progress=False)
-    loop.train(small("teacher", steps=2, batch_size=2), str(part), progress=False)
-    first = losses(part)
-    loop.train(small("teacher", steps=4, batch_size=2), str(part), progress=False)
+    loop.train(small("teacher", steps=6, batch_size=2, checkpoint_every=2), str(full), progress=False)
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "shotstream_jax.cli.train", "--config=configs/toy/teacher.py",
+           f"--workdir={part}", "--progress=false", "--config.train.steps=6", "--config.train.batch_size=2",
+           "--config.train.checkpoint_every=2", "--config.video.shot_frames=21",
+           "--config.shotstream.shot_latent_frames=6", "--config.data.toy_videos=3"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(part / "metrics.jsonl") and len(losses(part)) >= 3:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
     a, b = losses(full), losses(part)
-    assert sorted(b) == [1, 2, 3, 4] and first == {k: b[k] for k in (1, 2)}
-    np.testing.assert_allclose([b[3], b[4]], [a[3], a[4]], rtol=1e-6)
+    assert sorted(b) == list(range(1, 7))
+    np.testing.assert_allclose([b[k] for k in range(1, 7)], [a[k] for k in range(1, 7)], rtol=1e-5)
 
 
 def _fixed_eval_loss(cfg, params, batch):

@@ -55,7 +55,7 @@ def test_ode_pairs_then_ode_init(tmp_path):
     assert z["ode"].shape == (4, 6, 4, 4, 16) and z["target"].shape == (6, 4, 4, 16)
 
 
-@pytest.mark.parametrize("stage", ["dmd_intra", pytest.param("dmd_inter", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("stage", ["dmd_intra", "dmd_inter"])
 def test_dmd_stages_alternate_generator_and_critic(tmp_path, stage):
     m = loop.train(small(stage, steps=2), str(tmp_path), progress=False)
     lines = metrics(tmp_path)
