@@ -71,6 +71,10 @@ class ShotStream:
                              f"chunk_frames={self.chunk_frames}")
         self.chunks_per_shot = self.shot_latent_frames // self.chunk_frames
         self.shot_theta = ctx_lib.shot_theta(ss)
+        self.first_shot_context = ss.get("first_shot_context", "masked")
+        if self.first_shot_context not in ("masked", "zeros"):
+            raise ValueError(f"shotstream.first_shot_context must be 'masked' or 'zeros', "
+                             f"got {self.first_shot_context!r}")
         self.timesteps = jnp.asarray(
             schedule.student_timesteps(tuple(ss.denoising_steps), ss.timestep_shift), jnp.float32)
         self._graphdef, self._state = nnx.split(dit)
@@ -113,25 +117,33 @@ class Session:
         self.shots: list[_Shot] = []
         self._cache: Optional[student.DualCache] = None
 
-    def _prepare_cache(self) -> tuple[student.DualCache, int]:
-        """Fill the global cache from the story so far; returns (cache, RoPE shot index of the target)."""
+    def _prepare_cache(self, embedding: jax.Array) -> tuple[student.DualCache, int]:
+        """Fill the global cache from the story so far; returns (cache, RoPE shot index of the target).
+
+        `embedding` f32[L, text_dim]: this shot's prompt, which the original's
+        zero placeholder context of the first shot cross-attends to.
+        """
         p = self.pipe
+        nc = p.context_frames
         if self._cache is None:
-            self._cache = student.init_cache(p.dit.cfg, 1, p.latent_hw, context_frames=p.context_frames,
+            self._cache = student.init_cache(p.dit.cfg, 1, p.latent_hw, context_frames=nc,
                                              shot_frames=p.shot_latent_frames)
-        if not self.shots:  # first shot: empty global cache, masked out
-            return self._cache, int(ctx_lib.shot_layout([], 0, p.shot_latent_frames, p.context_frames).target_shot)
-        picks = ctx_lib.sample_context([len(s.frames) for s in self.shots], p.context_frames)
-        frames = np.stack([self.shots[s].frames[f] for s, f in picks])
-        latents = p.encode_context(frames)
-        shots = [s for s, _ in picks]
-        layout = ctx_lib.shot_layout(shots, len(self.shots), p.shot_latent_frames, p.context_frames)
+        if self.shots:
+            picks = ctx_lib.sample_context([len(s.frames) for s in self.shots], nc)
+            latents = p.encode_context(np.stack([self.shots[s].frames[f] for s, f in picks]))
+            shots = [s for s, _ in picks]
+            embeddings = [self.shots[s].embedding for s in shots]
+        elif p.first_shot_context == "zeros":  # the original: six all-zero latents in shot 0, attended to
+            latents = jnp.zeros((1, nc, *p.latent_hw, p.dit.cfg.in_channels))
+            shots, embeddings = [], [embedding] * nc
+        else:  # first shot: empty global cache, masked out
+            return self._cache, ctx_lib.shot_layout([], 0, p.shot_latent_frames, nc).target_shot
+        layout = ctx_lib.shot_layout(shots, len(self.shots), p.shot_latent_frames, nc)
         # Multi-caption: each context frame cross-attends to its own shot's prompt.
-        text_kv = p.text_kv(jnp.stack([self.shots[s].embedding for s in shots])[None])
+        text_kv = p.text_kv(jnp.stack(embeddings)[None])
         cache = student.fill_global_cache(
-            p._graphdef, p._state, self._cache, latents, text_kv,
-            jnp.asarray(layout.frame_shot[:len(shots)]), jnp.arange(len(shots), dtype=jnp.int32),
-            None, p.shot_theta)
+            p._graphdef, p._state, self._cache, latents, text_kv, jnp.asarray(layout.frame_shot[:nc]),
+            jnp.arange(nc, dtype=jnp.int32), None, p.shot_theta)
         return cache, layout.target_shot
 
     def next_shot(self, prompt: str) -> Iterator[np.ndarray]:
@@ -142,7 +154,7 @@ class Session:
         full = shot_prompt(self.global_caption, index, prompt)
         emb = p.text_encoder.encode(full)  # [1, L, D]
         text_kv = p.text_kv(emb)
-        cache, target_shot = self._prepare_cache()
+        cache, target_shot = self._prepare_cache(emb[0])
         self._cache = None  # donated to the jitted passes below
         decode_cache = p.vae.init_decode_cache(1, *p.latent_hw)
         pending, decoded = [], []

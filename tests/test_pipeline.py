@@ -60,3 +60,31 @@ def test_prompt_errors(pipe):
     with pytest.raises(ValueError, match="shot prompt is empty"):
         next(session.next_shot(""))
     assert session.shots == []
+
+
+@pytest.mark.parametrize("mode", ["masked", "zeros"])
+def test_first_shot_matches_full_sequence_reference(mode):
+    """Reference: the shot sampled chunk by chunk with block-causal full-sequence forwards
+    (tests/test_student.reference_shot), then decoded whole by the VAE. "zeros" is the public
+    code's first shot: six all-zero context latents in RoPE shot 0, seeing this shot's prompt."""
+    import jax
+    import jax.numpy as jnp
+
+    from shotstream_jax import context
+    from shotstream_jax.text import shot_prompt
+    from tests.test_student import reference_shot
+    pipe = ShotStream.load()
+    pipe.first_shot_context = mode
+    got = np.concatenate(list(pipe.session("A glacier.", seed=4).next_shot("Ice cracks.")))
+
+    emb = pipe.text_encoder.encode(shot_prompt("A glacier.", 0, "Ice cracks."))
+    layout = context.shot_layout([], 0, 21, 6)
+    if mode == "zeros":
+        ctx, tkv = jnp.zeros((1, 6, *pipe.latent_hw, 16)), pipe.dit.encode_text(emb[:, None])
+    else:
+        ctx, tkv = None, pipe.dit.encode_text(emb)
+    key = jax.random.fold_in(jax.random.PRNGKey(4), 0)
+    latents = reference_shot(pipe.dit, ctx, layout, tkv, key, pipe.latent_hw, frames=21, theta=pipe.shot_theta)
+    want = pipeline.to_uint8(np.asarray(pipe.vae.decode(pipe.vae.cfg.denormalize(latents)))[0])
+    assert got.shape == want.shape == (81, 32, 32, 3)
+    assert np.abs(got.astype(int) - want).max() <= 1  # uint8 rounding of float32-equal frames

@@ -26,18 +26,18 @@ def _prompt(tkv, p):
     return TextKV(tkv.k[:, :, p], tkv.v[:, :, p])
 
 
-def _reference_shot(dit, ctx, layout, tkv, key, hw):
+def reference_shot(dit, ctx, layout, tkv, key, hw, frames=SHOT, theta=THETA):
     """Chunk-by-chunk sampling where every pass is `full_sequence_velocity` over the whole shot."""
-    noise, k_steps = jax.random.normal(jax.random.split(key)[0], (1, SHOT, *hw, 16)), jax.random.split(key)[1]
+    noise, k_steps = jax.random.normal(jax.random.split(key)[0], (1, frames, *hw, 16)), jax.random.split(key)[1]
     sig = np.asarray(schedule.sigma_of(jnp.asarray(TS)))
-    fwd = jax.jit(lambda lat, t: student.full_sequence_velocity(dit, ctx, lat, t, tkv, layout, shot_theta=THETA))
+    fwd = jax.jit(lambda lat, t: student.full_sequence_velocity(dit, ctx, lat, t, tkv, layout, shot_theta=theta))
     shot = jnp.zeros_like(noise)
-    for c in range(SHOT // 3):
+    for c in range(frames // 3):
         sl = slice(3 * c, 3 * c + 3)
         x = noise[:, sl]
         kc = jax.random.fold_in(k_steps, c)
         for i in range(len(TS)):
-            t = jnp.zeros((1, SHOT)).at[:, sl].set(TS[i])
+            t = jnp.zeros((1, frames)).at[:, sl].set(TS[i])
             x0 = x - sig[i] * fwd(shot.at[:, sl].set(x), t)[:, sl]
             if i < len(TS) - 1:
                 x = schedule.add_noise_sigma(x0, jax.random.normal(jax.random.fold_in(kc, i), x.shape), sig[i + 1])
@@ -55,7 +55,7 @@ def test_chunked_generation_matches_full_sequence_two_shots(setup):
     lay0 = context.shot_layout([], 0, SHOT)
     cache = student.init_cache(cfg, 1, hw, shot_frames=SHOT)
     got0, cache = student.generate_shot(gd, st, cache, jax.random.PRNGKey(0), _prompt(tkv, 0), lay0.target_shot, **kw)
-    want0 = _reference_shot(dit, None, lay0, _prompt(tkv, 0), jax.random.PRNGKey(0), hw)
+    want0 = reference_shot(dit, None, lay0, _prompt(tkv, 0), jax.random.PRNGKey(0), hw)
     np.testing.assert_allclose(got0, want0, rtol=1e-5, atol=1e-5)
 
     # Shot 1: 6 context frames of shot 0, multi-caption context pass, prompt 1 for the target.
@@ -85,7 +85,7 @@ def test_chunked_generation_matches_full_sequence_two_shots(setup):
         prev = now
         chunks.append(x0)
     got1 = jnp.concatenate(chunks, axis=1)
-    want1 = _reference_shot(dit, ctx, lay1, tkv, noise_key, hw)
+    want1 = reference_shot(dit, ctx, lay1, tkv, noise_key, hw)
     np.testing.assert_allclose(got1, want1, rtol=1e-5, atol=1e-5)
 
     # Committed local K/V = the shot's clean K/V in the block-causal full forward.
