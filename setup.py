@@ -25,6 +25,7 @@ setup(
         "tqdm>=4.60",
         "sentencepiece>=0.2",
         "tokenizers>=0.15",
+        "tensorboardX>=2.6",
     ],
     extras_require={
         # PyTorch and the HF ports are references for tests and sources for
