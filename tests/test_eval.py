@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from shotstream_jax import evaluation
+from shotstream_jax.eval import pixel as evaluation
 from tests.conftest import run_python
 
 

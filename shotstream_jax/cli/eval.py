@@ -5,7 +5,7 @@
 --testset is the reference CSV (column json_path -> caption JSON with
 global_caption, shot1..N) or a folder of story JSON files. Writes one mp4 per
 story and metrics.json (per story and mean): fps, first_frame_latency_s and the
-pixel-space metrics of shotstream_jax.evaluation (transition control, intra-
+pixel-space metrics of shotstream_jax.eval.pixel (transition control, intra-
 and inter-shot consistency). The paper's DINO/CLIP/aesthetic scores need
 pretrained networks this package does not ship; they are not reported.
 """
@@ -29,7 +29,7 @@ PROG = "shotstream-eval"
 
 
 def evaluate_story(pipe, story, out_path, seed):
-    from shotstream_jax import evaluation
+    from shotstream_jax.eval import pixel as evaluation
     from shotstream_jax.video_io import VideoWriter
     import numpy as np
     session = pipe.session(story.global_caption, seed=seed)
@@ -58,7 +58,7 @@ def main(argv):
         raise app.UsageError("--testset is required")
     from tqdm import tqdm
 
-    from shotstream_jax import evaluation
+    from shotstream_jax.eval import pixel as evaluation
     from shotstream_jax.pipeline import ShotStream
     from shotstream_jax.story import StoryError, load_story
     try:

@@ -1,0 +1,1 @@
+"""Evaluation: metrics computed from decoded videos (no access to model internals)."""
