@@ -26,7 +26,13 @@ setup(
         "sentencepiece>=0.2",
         "tokenizers>=0.15",
         "tensorboardX>=2.6",
+        # shotstream-studio: the ASGI app, its server (websockets for the live socket), JPEG frames.
+        "starlette>=0.40",
+        "uvicorn>=0.30",
+        "websockets>=12",
+        "pillow>=10",
     ],
+    package_data={"shotstream_jax.studio": ["static/*"]},
     extras_require={
         # PyTorch and the HF ports are references for tests and sources for
         # conversion only: the runtime path never imports them.
@@ -35,6 +41,8 @@ setup(
             "torch==2.13.0",
             "diffusers>=0.33",
             "transformers>=4.50",
+            "httpx>=0.27",       # starlette's TestClient
+            "selenium>=4.20",    # the studio's browser test (heavy), with Debian's chromium
         ],
         "convert": ["torch==2.13.0"],
         "gpu": ["jax[cuda12]>=0.10"],
@@ -47,6 +55,7 @@ setup(
             "shotstream-train=shotstream_jax.cli.train:run",
             "shotstream-eval=shotstream_jax.cli.eval:run",
             "shotstream-bench=shotstream_jax.cli.bench:run",
+            "shotstream-studio=shotstream_jax.cli.studio:run",
         ]
     },
 )

@@ -117,6 +117,18 @@ class Session:
         self.shots: list[_Shot] = []
         self._cache: Optional[student.DualCache] = None
 
+    def truncate(self, num_shots: int) -> None:
+        """Keep the first `num_shots` shots and forget the rest (rewind the story).
+
+        Shot k's noise depends only on (seed, k) and its context is re-sampled from
+        the kept shots, so the next shot equals the one a fresh session given the
+        same kept shots would generate.
+        """
+        if not 0 <= num_shots <= len(self.shots):
+            raise ValueError(f"cannot keep {num_shots} shots of a story with {len(self.shots)}")
+        del self.shots[num_shots:]
+        self._cache = None  # a first shot (masked mode) reads this cache as is: start it fresh
+
     def _prepare_cache(self, embedding: jax.Array) -> tuple[student.DualCache, int]:
         """Fill the global cache from the story so far; returns (cache, RoPE shot index of the target).
 
@@ -147,7 +159,11 @@ class Session:
         return cache, layout.target_shot
 
     def next_shot(self, prompt: str) -> Iterator[np.ndarray]:
-        """Generate the next shot; yields uint8 [n, H, W, 3] frames as each chunk is decoded."""
+        """Generate the next shot; yields uint8 [n, H, W, 3] frames as each chunk is decoded.
+
+        Closing the generator early cuts the shot short: the chunks yielded so far
+        become the shot, and the story continues from them.
+        """
         prompt = check_prompt(prompt, "shot prompt")
         p = self.pipe
         index = len(self.shots)
@@ -168,9 +184,13 @@ class Session:
             p._graphdef, p._state, cache, jax.random.fold_in(self.key, index), text_kv, target_shot,
             shot_theta=p.shot_theta, timesteps=p.timesteps, chunk_frames=p.chunk_frames,
             latent_hw=p.latent_hw, before_commit=decode)
-        for _, cache in chunks:
-            frames = np.asarray(pending.pop()[0])
-            decoded.append(frames)
-            yield to_uint8(frames)
+        try:
+            for _, cache in chunks:
+                frames = np.asarray(pending.pop()[0])
+                decoded.append(frames)
+                yield to_uint8(frames)
+        except GeneratorExit:
+            self.shots.append(_Shot(full, emb[0], np.concatenate(decoded)))
+            raise
         self._cache = cache
         self.shots.append(_Shot(full, emb[0], np.concatenate(decoded)))
