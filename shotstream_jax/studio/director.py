@@ -230,23 +230,32 @@ class Director:
     # -- the worker
 
     def _work(self) -> None:
-        while True:
+        while self._run_next():
+            pass
+
+    def _run_next(self) -> bool:
+        """Wait for a shot and generate it; False when the studio stops.
+
+        A function of its own so that no frame of the worker holds a finished
+        shot (or its story) while waiting for the next one.
+        """
+        with self._lock:
+            while not self._queue and not self._stopping:
+                self._wake.wait()
+            if self._stopping:
+                return False
+            story, shot = self._queue.popleft()
+            self._active = (story, shot)
+            shot.state = "generating"
+            story.stop_requested = False
+        self._broadcast_state()
+        try:
+            self._generate(story, shot)
+        finally:
             with self._lock:
-                while not self._queue and not self._stopping:
-                    self._wake.wait()
-                if self._stopping:
-                    return
-                story, shot = self._queue.popleft()
-                self._active = (story, shot)
-                shot.state = "generating"
-                story.stop_requested = False
+                self._active = None
             self._broadcast_state()
-            try:
-                self._generate(story, shot)
-            finally:
-                with self._lock:
-                    self._active = None
-                self._broadcast_state()
+        return True
 
     def _generate(self, story: Story, shot: Shot) -> None:
         chunks_per_shot = self.pipe.chunks_per_shot
