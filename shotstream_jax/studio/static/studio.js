@@ -219,6 +219,13 @@ function renderTimeline(shots) {
     card.append(thumb, meta);
     box.appendChild(card);
   }
+  markPlaying();
+}
+
+function markPlaying() {
+  for (const card of document.querySelectorAll("#shots .shot")) {
+    card.classList.toggle("playing", !!studio.shown && Number(card.dataset.index) === studio.shown.shot);
+  }
 }
 
 // Frames are shown at the model's frame rate, whatever the generation speed.
@@ -231,6 +238,7 @@ function play() {
     const n = studio.shown && studio.shown.shot === f.shot ? studio.shown.n + 1 : 1;
     studio.shown = {shot: f.shot, n};
     $("playhead").textContent = `playing shot ${f.shot + 1} · frame ${n}`;
+    markPlaying();
     $("overlay").classList.add("hidden");
   }
 }
