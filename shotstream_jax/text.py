@@ -13,6 +13,7 @@ follow the code the released weights were trained with.)
 """
 from __future__ import annotations
 
+import collections
 import html
 import os
 import re
@@ -114,16 +115,19 @@ def _encode_padded(model: UMT5Encoder, ids, mask):
 class TextEncoder:
     """Prompts -> f32[B, text_len, d_model] embeddings, zero past each prompt's length.
 
-    Keeps every prompt it has encoded (keyed by the cleaned prompt text), so a
-    session re-uses the global caption and earlier shots' prompts for free.
-    Prompts are encoded one at a time: one compile for all of them.
+    Keeps the `cache_size` prompts it encoded last (keyed by the cleaned prompt
+    text), so repeated prompts are free while a long-running server's memory
+    stays bounded (8 MB per prompt at umT5-XXL size). Prompts are encoded one at
+    a time: one compile for all of them.
     """
 
-    def __init__(self, model: UMT5Encoder, tokenizer: Union[Tokenizer, ByteTokenizer], text_len: int = 512):
+    def __init__(self, model: UMT5Encoder, tokenizer: Union[Tokenizer, ByteTokenizer], text_len: int = 512,
+                 cache_size: int = 32):
         self.model = model
         self.tokenizer = tokenizer
         self.text_len = text_len
-        self._cache: dict[str, jax.Array] = {}
+        self.cache_size = cache_size
+        self._cache: collections.OrderedDict[str, jax.Array] = collections.OrderedDict()
 
     @classmethod
     def load(cls, path: str, tokenizer_path: Optional[str] = None, text_len: int = 512,
@@ -157,9 +161,13 @@ class TextEncoder:
         out = []
         for p in prompts:
             key = clean_prompt(p)
-            if key not in self._cache:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+            else:
                 ids, mask = self.tokenize(p)
                 self._cache[key] = _encode_padded(self.model, jnp.asarray(ids[None]), jnp.asarray(mask[None]))[0]
+                if len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
             out.append(self._cache[key])
         return jnp.stack(out)
 

@@ -403,3 +403,16 @@ def test_rewound_and_deleted_shots_are_freed(client, app, pipe):
     del story
     gc.collect()
     assert story_ref() is None and session_ref() is None and sid not in director.stories()
+
+
+def test_text_encoder_keeps_a_bounded_number_of_prompts(pipe):
+    """Reference: least-recently-used eviction written out here (the studio sees a new prompt every shot)."""
+    enc = pipe.text_encoder
+    prompts = [f"prompt number {i}" for i in range(enc.cache_size + 5)]
+    for p in prompts:
+        enc.encode(p)
+    enc.encode(prompts[-enc.cache_size])  # used again: now the most recent
+    enc.encode("one more prompt")
+    assert len(enc._cache) == enc.cache_size
+    assert list(enc._cache)[-2:] == [prompts[-enc.cache_size], "one more prompt"]
+    assert prompts[-enc.cache_size + 1] not in enc._cache and prompts[-1] in enc._cache
