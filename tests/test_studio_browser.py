@@ -141,6 +141,12 @@ def test_page_story_rewind_branch_download(server, browser, tmp_path):
                         ["done", "Neon signs flicker above the wet street.", True]]
     assert d.find_element(By.ID, "error").text == ""
 
+    # A reload finds the tab's story again.
+    d.refresh()
+    wait_for(d, "document.querySelectorAll('#shots .shot img').length === 2")
+    assert cards(d)[1][1] == "Neon signs flicker above the wet street."
+    assert d.find_element(By.ID, "caption").get_attribute("value") == "A rainy night in a neon city."
+
     # Download the story: the two shots' frames, as mp4.
     d.find_element(By.ID, "download").click()
     deadline = time.monotonic() + 60

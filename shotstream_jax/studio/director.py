@@ -115,9 +115,8 @@ class Director:
                 "max_prompt_tokens": p.text_encoder.text_len}
 
     def create_story(self, global_caption, seed=None) -> Story:
-        if isinstance(global_caption, str):
-            global_caption = global_caption.strip()
-        global_caption = self._check_text(global_caption, "global_caption", global_caption, 0)
+        global_caption = self._check_text(global_caption, "global_caption")
+        self._check_length("global_caption", global_caption, 0)
         if seed is None:
             seed = secrets.randbelow(MAX_SEED + 1)
         elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
@@ -139,9 +138,8 @@ class Director:
         with self._lock:
             story = self._get(story_id)
             index = len(story.shots)
-        if isinstance(prompt, str):
-            prompt = prompt.strip()
-        prompt = self._check_text(prompt, "prompt", story.global_caption, index, prompt)
+        prompt = self._check_text(prompt, "prompt")
+        self._check_length("prompt", story.global_caption, index, prompt)
         with self._lock:
             if story.deleted:
                 raise StudioError(404, f"no story {story_id!r}")
@@ -297,17 +295,18 @@ class Director:
 
     # -- helpers (the `_get`, `_snapshot` and `_drop_queued` callers hold the lock)
 
-    def _check_text(self, text, what: str, global_caption: str, index: int, prompt: str = "") -> str:
-        """`text` stripped, or a 400 when it is empty or makes the model's prompt too long."""
+    def _check_text(self, text, what: str) -> str:
         if not isinstance(text, str) or not text.strip():
             raise StudioError(400, f"'{what}' must be a non-empty string")
-        # The model reads global caption + "shot{i}:" + prompt, at most text_len tokens of it.
+        return text.strip()
+
+    def _check_length(self, what: str, global_caption: str, index: int, prompt: str = "") -> None:
+        """The model reads global caption + "shot{i}:" + prompt, at most text_len tokens of it."""
         enc = self.pipe.text_encoder
         n = len(enc.tokenizer(clean_prompt(shot_prompt(global_caption, index, prompt))))
         if n > enc.text_len:
             raise StudioError(400, f"'{what}' is too long: the model reads at most {enc.text_len} tokens of "
                                    f"global caption + shot prompt, this makes {n}")
-        return text.strip()
 
     def _get(self, story_id: str) -> Story:
         story = self._stories.get(story_id)

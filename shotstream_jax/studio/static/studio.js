@@ -52,7 +52,14 @@ async function startStory() {
   const body = {global_caption: caption};
   if ($("seed").value !== "") body.seed = Number($("seed").value);
   const {id, seed} = await api("POST", "/api/stories", body);
+  await attach(id, caption, seed);
+}
+
+// Show story `id` on this page and follow it live; the tab remembers it across reloads.
+async function attach(id, caption, seed) {
   studio.id = id;
+  sessionStorage.setItem("shotstream-story", id);
+  $("caption").value = caption;
   $("seed").value = seed;
   $("caption").readOnly = $("seed").readOnly = true;
   $("story-id").textContent = `story ${id}`;
@@ -67,7 +74,12 @@ function connect() {
     ws.binaryType = "blob";
     ws.onopen = () => resolve();
     ws.onmessage = (m) => (typeof m.data === "string" ? onEvent(JSON.parse(m.data)) : onFrame(m.data));
-    ws.onclose = () => { if (studio.ws === ws) { studio.ws = null; render(); } };
+    ws.onclose = () => {
+      if (studio.ws !== ws) return;  // closed on purpose (new story)
+      studio.ws = null;
+      showError("The live connection closed; reload the page to follow the story again.");
+      render();
+    };
     studio.ws = ws;
   });
 }
@@ -116,9 +128,12 @@ async function rewind(keep) {
 async function newStory() {
   if (studio.id) {
     const id = studio.id;
-    if (studio.ws) studio.ws.close();
+    const ws = studio.ws;
+    studio.ws = null;
+    if (ws) ws.close();
     await api("DELETE", `/api/stories/${id}`).catch(() => {});
   }
+  sessionStorage.removeItem("shotstream-story");
   Object.assign(studio, {id: null, state: null, ws: null, received: {}, frames: [], currentShot: null,
                          chunk: null, fps: null, shown: null});
   thumbs.clear();
@@ -257,6 +272,12 @@ async function init() {
   $("cut").onclick = cut;
   $("new").onclick = newStory;
   $("restart").onclick = () => rewind(0);
+  const saved = sessionStorage.getItem("shotstream-story");
+  if (saved) {
+    const story = await api("GET", `/api/stories/${saved}`).catch(() => null);
+    if (story) await attach(story.id, story.global_caption, story.seed);
+    else sessionStorage.removeItem("shotstream-story");
+  }
   render();
 }
 
