@@ -9,6 +9,7 @@ import gc
 import io
 import itertools
 import json
+import socket
 import threading
 import time
 import weakref
@@ -167,6 +168,9 @@ def assert_error(r, status):
 
 def test_story_streams_over_the_websocket(client, app, pipe):
     """Reference: a fresh session's frames; the live socket sends every chunk as an event plus its JPEG frames."""
+    page = client.get("/")
+    assert page.status_code == 200 and "<title>ShotStream Studio</title>" in page.text
+    assert all(client.get(f"/static/studio.{ext}").status_code == 200 for ext in ("js", "css"))
     info = client.get("/api/info").json()
     assert info == {"height": pipe.height, "width": pipe.width, "fps": pipe.fps,
                     "chunks_per_shot": pipe.chunks_per_shot, "max_prompt_tokens": pipe.text_encoder.text_len}
@@ -416,3 +420,18 @@ def test_text_encoder_keeps_a_bounded_number_of_prompts(pipe):
     assert len(enc._cache) == enc.cache_size
     assert list(enc._cache)[-2:] == [prompts[-enc.cache_size], "one more prompt"]
     assert prompts[-enc.cache_size + 1] not in enc._cache and prompts[-1] in enc._cache
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    """Reference: the project's CLI error convention (`prog: error: ...`, exit 1, no traceback)."""
+    from .conftest import run_python
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = run_python("-m", "shotstream_jax.cli.studio", f"--port={port}", timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"shotstream-studio: error: cannot listen on 127.0.0.1:{port}: Address already in use" in r.stderr
+    r = run_python("-m", "shotstream_jax.cli.studio", f"--model={tmp_path}/none", f"--port={port}", timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"shotstream-studio: error: {tmp_path}/none/config.json: missing" in r.stderr

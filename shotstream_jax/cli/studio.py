@@ -9,6 +9,7 @@ mp4. Programs use the same JSON + WebSocket API (README, "Studio").
 """
 from __future__ import annotations
 
+import socket
 import sys
 
 from absl import app, flags
@@ -28,6 +29,11 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not 0 < FLAGS.port < 65536:
         raise app.UsageError(f"--port must be in 1..65535, got {FLAGS.port}")
+    try:  # before minutes of model loading: is the address ours to listen on?
+        family = socket.getaddrinfo(FLAGS.host, FLAGS.port, type=socket.SOCK_STREAM)[0][0]
+        socket.create_server((FLAGS.host, FLAGS.port), family=family).close()
+    except OSError as e:
+        return fail(PROG, f"cannot listen on {FLAGS.host}:{FLAGS.port}: {e.strerror or e}")
     import uvicorn
 
     from shotstream_jax.pipeline import ShotStream
