@@ -435,3 +435,33 @@ def test_cli_errors_are_one_line(tmp_path):
     r = run_python("-m", "shotstream_jax.cli.studio", f"--model={tmp_path}/none", f"--port={port}", timeout=120)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert f"shotstream-studio: error: {tmp_path}/none/config.json: missing" in r.stderr
+
+
+
+def test_a_client_too_far_behind_is_dropped(client, app, stepper, monkeypatch):
+    """Reference: the bound on pending events per client; the app's event loop is held while a shot's events pile up."""
+    from shotstream_jax.studio import app as app_module
+    monkeypatch.setattr(app_module, "MAX_PENDING_EVENTS", 8)
+    director = app.state.director
+    sid = new_story(client, seed=1)
+    held, release = threading.Event(), threading.Event()
+
+    async def hold_the_loop():  # blocks the app's loop on purpose: nothing is sent meanwhile
+        held.set()
+        release.wait(120)
+
+    with client.websocket_connect(f"/api/stories/{sid}/live") as ws:
+        assert ws.receive_json()["type"] == "state"
+        stepper.pause()
+        add_shot(client, sid, "A burst of frames.")
+        client.portal.start_task_soon(hold_the_loop)
+        held.wait(60)
+        stepper.resume()
+        wait_until(lambda: director.story(sid).shots[0].done)  # ~90 events waiting for the loop
+        release.set()
+        assert story_state(client, sid)["shots"][0]["frames"] == 81  # the story itself goes on
+        client.delete(f"/api/stories/{sid}")  # ends the stream (code 1000) were the client not dropped
+        messages = []
+        while (m := ws.receive())["type"] != "websocket.close":
+            messages.append(m)
+        assert m["code"] == 1013 and len(messages) <= 8 + 4  # the bound, plus the events before the hold

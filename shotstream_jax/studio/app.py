@@ -30,7 +30,7 @@ from shotstream_jax.studio.director import Director, StudioError
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 # A client that stops reading is dropped once this many events wait for it (memory stays bounded).
-MAX_PENDING_EVENTS = 4096
+MAX_PENDING_EVENTS = 1024
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -93,8 +93,7 @@ def create_app(pipe) -> Starlette:
 
     async def video(request):
         sid = request.path_params["id"]
-        frames = director.finished_frames(sid)
-        data = await run_in_threadpool(_mp4, frames, pipe.fps)
+        data = await run_in_threadpool(_mp4, director.finished_frames, sid, pipe.fps)
         return Response(data, media_type="video/mp4",
                         headers={"Content-Disposition": f'attachment; filename="story-{sid}.mp4"'})
 
@@ -106,10 +105,19 @@ def create_app(pipe) -> Starlette:
         await ws.accept()
         sid = ws.path_params["id"]
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
+        events: asyncio.Queue = asyncio.Queue(maxsize=MAX_PENDING_EVENTS)
+
+        def enqueue(event):
+            if sender.done():
+                return
+            try:
+                events.put_nowait(event)
+            except asyncio.QueueFull:  # the client stopped reading: drop it rather than buffer without end
+                sender.cancel()
+                loop.create_task(_close(ws, 1013, "too far behind; reconnect"))
 
         def listener(event):  # called from the worker thread: hop onto the loop, never block
-            loop.call_soon_threadsafe(events.put_nowait, event)
+            loop.call_soon_threadsafe(enqueue, event)
 
         try:
             state = director.subscribe(sid, listener)
@@ -169,12 +177,9 @@ def create_app(pipe) -> Starlette:
 
 
 async def _send(ws: WebSocket, events: asyncio.Queue, first: dict) -> None:
-    """Forward a listener's events to its client, in order; stop when the client falls too far behind."""
+    """Forward a listener's events to its client, in order, until the story is deleted."""
     await ws.send_json(first)
     while True:
-        if events.qsize() > MAX_PENDING_EVENTS:
-            await ws.close(code=1013, reason="client too slow; reconnect")
-            return
         event = await events.get()
         if isinstance(event, bytes):
             await ws.send_bytes(event)
@@ -185,8 +190,15 @@ async def _send(ws: WebSocket, events: asyncio.Queue, first: dict) -> None:
                 return
 
 
-def _mp4(frames, fps: int) -> bytes:
+async def _close(ws: WebSocket, code: int, reason: str) -> None:
+    with contextlib.suppress(Exception):
+        await ws.close(code=code, reason=reason)
+
+
+def _mp4(finished_frames, sid: str, fps: int) -> bytes:
+    """The story's finished shots as mp4 bytes (in a worker thread: gathering and encoding take a while)."""
     from shotstream_jax.video_io import VideoWriter
+    frames = finished_frames(sid)
     with tempfile.TemporaryDirectory(prefix="shotstream-studio-") as d:
         path = os.path.join(d, "story.mp4")
         with VideoWriter(path, fps=fps) as w:
