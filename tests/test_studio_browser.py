@@ -97,6 +97,9 @@ def wait_for(driver, script, timeout=180.0):
                        + driver.execute_script("return document.body.innerText"))
 
 
+ALL_DONE = "[...document.querySelectorAll('#shots .shot')].every(c => c.dataset.state === 'done')"
+
+
 def cards(driver):
     return driver.execute_script(
         "return [...document.querySelectorAll('#shots .shot')].map(c => "
@@ -116,9 +119,16 @@ def test_page_story_rewind_branch_download(server, browser, tmp_path):
     wait_for(d, "window.studio.state && window.studio.state.shots.length === 1")
     prompt.send_keys("Close-up of her face under a red umbrella.", Keys.ENTER)  # typed while shot 1 runs
 
+    # Mid-story: shot 1 plays while shot 2 is being made (on a fresh server its first pass compiles).
+    wait_for(d, "window.studio.received[0] === 81 && window.studio.shown && window.studio.shown.n > 8")
+    shot = tmp_path / "studio.png"
+    assert d.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    if os.environ.get("SHOTSTREAM_STUDIO_SCREENSHOT"):
+        shutil.copy(shot, os.environ["SHOTSTREAM_STUDIO_SCREENSHOT"])
+
     # Frames arrive for both shots, the timeline shows both with a thumbnail, and the story plays.
     wait_for(d, "window.studio.received[0] === 81 && window.studio.received[1] === 81")
-    wait_for(d, "document.querySelectorAll('#shots .shot img').length === 2 && "
+    wait_for(d, "document.querySelectorAll('#shots .shot img').length === 2 && " + ALL_DONE + " && "
                 "[...document.querySelectorAll('#shots img')].every(i => i.complete && i.naturalWidth > 0)")
     assert cards(d) == [["done", "Wide shot of an empty street.", True],
                         ["done", "Close-up of her face under a red umbrella.", True]]
@@ -126,24 +136,21 @@ def test_page_story_rewind_branch_download(server, browser, tmp_path):
     status = d.find_element(By.ID, "status").text
     assert status == "done · 2 shots" and "fps generated" in d.find_element(By.ID, "fps").text
     assert "playing shot 2" in d.find_element(By.ID, "playhead").text
-    shot = tmp_path / "studio.png"
-    assert d.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
-    if os.environ.get("SHOTSTREAM_STUDIO_SCREENSHOT"):
-        shutil.copy(shot, os.environ["SHOTSTREAM_STUDIO_SCREENSHOT"])
 
     # Rewind to the first shot, then branch with a different second shot.
     d.find_elements(By.CSS_SELECTOR, "#shots .shot button.rewind")[0].click()
     wait_for(d, "document.querySelectorAll('#shots .shot').length === 1")
     assert 1 not in d.execute_script("return Object.keys(window.studio.received).map(Number)")
     prompt.send_keys("Neon signs flicker above the wet street.", Keys.ENTER)
-    wait_for(d, "window.studio.received[1] === 81 && document.querySelectorAll('#shots .shot img').length === 2")
+    wait_for(d, "window.studio.received[1] === 81 && document.querySelectorAll('#shots .shot').length === 2 && "
+                + ALL_DONE)
     assert cards(d) == [["done", "Wide shot of an empty street.", True],
                         ["done", "Neon signs flicker above the wet street.", True]]
     assert d.find_element(By.ID, "error").text == ""
 
     # A reload finds the tab's story again.
     d.refresh()
-    wait_for(d, "document.querySelectorAll('#shots .shot img').length === 2")
+    wait_for(d, "document.querySelectorAll('#shots .shot img').length === 2 && " + ALL_DONE)
     assert cards(d)[1][1] == "Neon signs flicker above the wet street."
     assert d.find_element(By.ID, "caption").get_attribute("value") == "A rainy night in a neon city."
 

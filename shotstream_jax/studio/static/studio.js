@@ -183,7 +183,7 @@ function render() {
 const thumbs = new Map();
 
 function thumbnail(shot) {
-  const key = `${studio.id}/${studio.version}/${shot.index}/${shot.frames}`;
+  const key = `${studio.id}/${studio.version}/${shot.index}/${shot.frames}/${shot.state}`;
   if (!thumbs.has(key)) {
     const img = document.createElement("img");
     img.alt = `shot ${shot.index + 1}`;
@@ -205,10 +205,10 @@ function renderTimeline(shots) {
     card.dataset.state = shot.state;
     const thumb = document.createElement("div");
     thumb.className = "thumb";
-    if (shot.frames > 0 && shot.done) {
+    if (shot.frames > 0) {  // the latest frame while it is generated, then its middle frame
       thumb.appendChild(thumbnail(shot));
     } else {
-      thumb.textContent = shot.state === "queued" ? "queued" : `${shot.frames} frames…`;
+      thumb.textContent = shot.state === "queued" ? "queued" : "starting…";
     }
     const meta = document.createElement("div");
     meta.className = "meta";
