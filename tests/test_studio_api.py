@@ -260,7 +260,10 @@ def test_cut_keeps_the_chunks_made_and_starts_the_next_prompt(client, app, pipe,
     s = wait_idle(client, sid)
     assert [(x["state"], x["frames"]) for x in s["shots"]] == [("cut", 21), ("done", 81)]
     ref = reference(pipe, cap, 9, ["Waves crash on the rocks.", "The lamp turns slowly."], cut_after={0: 2})
+    uncut = reference(pipe, cap, 9, ["Waves crash on the rocks."])[0]
+    np.testing.assert_array_equal(studio_frames(app, sid, 0), uncut[:21])  # chunks are causal: a prefix
     np.testing.assert_array_equal(studio_frames(app, sid, 0), ref[0])
+    assert len(app.state.director.story(sid).session.shots[0].frames) == 21  # the history the story goes on from
     np.testing.assert_array_equal(studio_frames(app, sid, 1), ref[1])
     r = client.get(f"/api/stories/{sid}/video.mp4")
     with open(f"/tmp/studio-test-{sid}.mp4", "wb") as f:
