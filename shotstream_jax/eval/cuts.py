@@ -6,7 +6,7 @@ is its middle frame.
 
 Detection, on frames uint8 [T, H, W, 3]:
   1. Each frame is described by a joint RGB histogram (4 soft bins per
-     channel, block-averaged to at most 128 px first) and a 16 x 16 thumbnail; given
+     channel, block-averaged to about 64 px first) and a 16 x 16 thumbnail; given
      per-frame feature vectors (e.g. CLIP or DINO embeddings) those count too.
   2. The distance of two frames is the mean of: the histograms' total-variation
      distance, the thumbnails' mean absolute difference, and (with features)
@@ -18,7 +18,10 @@ Detection, on frames uint8 [T, H, W, 3]:
      1993): a run of steps t..e each above a lower threshold (`gradual_ratio`
      times the lower quartile of d over `gradual_window` steps on either side, plus
      `floor`) is a transition at its middle (t + e) // 2 when the frames before
-     and after it, t-1 and e, are at least `min_distance` apart.
+     and after it, t-1 and e, are at least `min_distance` apart and the middle
+     frame is close to their average, as in a cross-fade (thumbnail residual at
+     most `blend_residual` of their difference; steady motion, which also gives
+     long runs of raised steps, leaves a residual of about half or more).
   5. Candidates from 3 and 4 are merged strongest first (strength: d[t], or the
      run's end-to-end distance); one within `merge` frames of a stronger one is
      the same transition. Where a hard-cut candidate carries at least half the
@@ -47,6 +50,7 @@ class DetectorConfig:
     window: int = 8             # hard cuts: steps on either side for the neighbourhood mean
     gradual_ratio: float = 2.0  # gradual: the lower threshold, relative to the neighbourhood's lower quartile
     gradual_window: int = 32    # gradual: steps on either side for that quartile
+    blend_residual: float = 0.3  # gradual: the largest middle-frame residual of a cross-fade
     merge: int = 8              # candidates this close (frames) are one transition
 
 
@@ -62,18 +66,19 @@ def _histograms(frames: np.ndarray) -> np.ndarray:
     """[T, HIST_BINS**3] joint RGB histograms, each summing to 1, with trilinear soft
     binning: a colour that changes gradually moves its weight gradually between bins
     (hard binning would turn a cross-fade into a jump whenever a colour crosses a bin edge)."""
-    x = small_frames(frames, 128).reshape(len(frames), -1, 3) * HIST_BINS - 0.5
+    x = small_frames(frames, 64).reshape(len(frames), -1, 3) * HIST_BINS - 0.5
     lo = np.floor(x)
     frac = x - lo
+    lo = lo.astype(np.int64)
     t, n = x.shape[:2]
+    ends = [(np.clip(lo[..., c], 0, HIST_BINS - 1), np.clip(lo[..., c] + 1, 0, HIST_BINS - 1)) for c in range(3)]
+    weights = [(1 - frac[..., c], frac[..., c]) for c in range(3)]
+    rows = np.arange(t)[:, None] * HIST_BINS ** 3
     counts = np.zeros(t * HIST_BINS ** 3)
-    rows = np.repeat(np.arange(t) * HIST_BINS ** 3, n)
-    for corner in np.ndindex(2, 2, 2):
-        c = np.asarray(corner)
-        b = np.clip(lo + c, 0, HIST_BINS - 1).astype(np.int64)
-        w = np.prod(np.where(c == 1, frac, 1 - frac), axis=-1)
-        idx = (b[..., 0] * HIST_BINS + b[..., 1]) * HIST_BINS + b[..., 2]
-        counts += np.bincount(rows + idx.reshape(-1), w.reshape(-1), minlength=counts.size)
+    for r, g, b in np.ndindex(2, 2, 2):
+        idx = rows + (ends[0][r] * HIST_BINS + ends[1][g]) * HIST_BINS + ends[2][b]
+        w = weights[0][r] * weights[1][g] * weights[2][b]
+        counts += np.bincount(idx.reshape(-1), w.reshape(-1), minlength=counts.size)
     return counts.reshape(t, -1) / n
 
 
@@ -87,6 +92,13 @@ class FrameDistance:
         if features is not None:
             f = np.asarray(features, np.float64)
             self.feat = f / np.maximum(np.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
+
+    def blend_residual(self, a: int, b: int) -> float:
+        """How far the middle frame between a and b is from their average, relative to how
+        far a and b are apart (thumbnails): about 0 inside a cross-fade, 0.5 or more for motion."""
+        mid = self.thumb[(a + b) // 2] if (b - a) % 2 == 0 else 0.5 * (self.thumb[(a + b) // 2] + self.thumb[(a + b + 1) // 2])
+        change = np.abs(self.thumb[b] - self.thumb[a]).mean()
+        return float(np.abs(mid - 0.5 * (self.thumb[a] + self.thumb[b])).mean() / max(change, 1e-12))
 
     def __call__(self, i, j) -> np.ndarray:
         parts = [0.5 * np.abs(self.hist[i] - self.hist[j]).sum(-1),
@@ -130,7 +142,7 @@ def detect_cuts(frames: np.ndarray, features: np.ndarray | None = None,
         while end + 1 < n and d[end + 1] >= low[end]:
             end += 1
         total = float(dist(t - 1, end))
-        if end > t and total >= cfg.min_distance:
+        if end > t and total >= cfg.min_distance and dist.blend_residual(t - 1, end) <= cfg.blend_residual:
             cands.append((total, (t + end) // 2, False))
         t = end + 1
 
