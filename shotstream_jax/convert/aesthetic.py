@@ -6,8 +6,10 @@ Accepted files (the predictor is small, a few KB to a few MB):
   * `sac+logos+ava1-l14-linearMSE.pth` (christophschuhmann/improved-aesthetic-predictor):
     `layers.{0,2,4,6,7}.weight/bias`, Linear layers with only dropout between
     them, so their product is again one linear map;
-  * the same tensors as .safetensors or .npz (no PyTorch needed), e.g. from
-    `python -c "import torch, numpy; numpy.savez('head.npz', **{k: v.numpy() for k, v in torch.load('sa_0_4_vit_l_14_linear.pth').items()})"`.
+  * the same tensors as .safetensors or .npz (no PyTorch needed), e.g. made once with
+      import torch, numpy
+      sd = torch.load("sa_0_4_vit_l_14_linear.pth")
+      numpy.savez("aesthetic.npz", **{k: v.numpy() for k, v in sd.items()})
 Reading a .pth needs PyTorch (imported only then).
 """
 from __future__ import annotations

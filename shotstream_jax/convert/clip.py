@@ -101,6 +101,18 @@ def read_config(path: str, src: str, model: str) -> dict:
     return cfg
 
 
+def fill_from_config(cfg: dict, make_config, model_cls, arrays: dict, src: str):
+    """`model_cls(make_config(cfg))` filled from `arrays`; a config.json the model cannot be
+    built from is reported as a CheckpointError too."""
+    try:
+        config = make_config(cfg)
+        return fill_module(lambda: model_cls(config, rngs=nnx.Rngs(0)), arrays, src)
+    except CheckpointError:
+        raise
+    except ValueError as e:
+        raise CheckpointError(src, f"config.json is not usable ({e})") from None
+
+
 def _tower(cfg: dict, defaults: TowerConfig) -> TowerConfig:
     return TowerConfig(
         hidden_size=cfg.get("hidden_size", defaults.hidden_size),
@@ -134,10 +146,4 @@ def load_clip(path: str) -> CLIP:
     cfg = read_config(path, src, "CLIP")
     if cfg.get("model_type", "clip") != "clip":
         raise CheckpointError(src, f"config.json describes a {cfg['model_type']!r} model, not 'clip'")
-    try:
-        config = clip_config(cfg)
-        return fill_module(lambda: CLIP(config, rngs=nnx.Rngs(0)), map_keys(sd, CLIP_KEYS, UNUSED), src)
-    except ValueError as e:
-        if isinstance(e, CheckpointError):
-            raise
-        raise CheckpointError(src, f"config.json is not usable ({e})") from None
+    return fill_from_config(cfg, clip_config, CLIP, map_keys(sd, CLIP_KEYS, UNUSED), src)

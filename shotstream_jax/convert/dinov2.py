@@ -7,10 +7,8 @@ Every torch key name is in `DINOV2_KEYS`; leaves convert as in `convert.clip.map
 """
 from __future__ import annotations
 
-from flax import nnx
-
-from shotstream_jax.convert.clip import map_keys, read_config
-from shotstream_jax.convert.io import CheckpointError, fill_module, read_state_dict
+from shotstream_jax.convert.clip import fill_from_config, map_keys, read_config
+from shotstream_jax.convert.io import CheckpointError, read_state_dict
 from shotstream_jax.models.clip import TowerConfig
 from shotstream_jax.models.dinov2 import DINOv2, DINOv2Config
 
@@ -63,10 +61,4 @@ def load_dinov2(path: str) -> DINOv2:
     cfg = read_config(path, src, "DINOv2")
     if cfg.get("model_type", "dinov2") != "dinov2":
         raise CheckpointError(src, f"config.json describes a {cfg['model_type']!r} model, not 'dinov2'")
-    try:
-        config = dinov2_config(cfg)
-        return fill_module(lambda: DINOv2(config, rngs=nnx.Rngs(0)), map_keys(sd, DINOV2_KEYS, UNUSED), src)
-    except ValueError as e:
-        if isinstance(e, CheckpointError):
-            raise
-        raise CheckpointError(src, f"config.json is not usable ({e})") from None
+    return fill_from_config(cfg, dinov2_config, DINOv2, map_keys(sd, DINOV2_KEYS, UNUSED), src)

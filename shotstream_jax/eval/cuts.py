@@ -96,7 +96,7 @@ class FrameDistance:
     def blend_residual(self, a: int, b: int) -> float:
         """How far the middle frame between a and b is from their average, relative to how
         far a and b are apart (thumbnails): about 0 inside a cross-fade, 0.5 or more for motion."""
-        mid = self.thumb[(a + b) // 2] if (b - a) % 2 == 0 else 0.5 * (self.thumb[(a + b) // 2] + self.thumb[(a + b + 1) // 2])
+        mid = 0.5 * (self.thumb[(a + b) // 2] + self.thumb[(a + b + 1) // 2])  # one frame when a + b is even
         change = np.abs(self.thumb[b] - self.thumb[a]).mean()
         return float(np.abs(mid - 0.5 * (self.thumb[a] + self.thumb[b])).mean() / max(change, 1e-12))
 
