@@ -26,6 +26,7 @@ setup(
         "sentencepiece>=0.2",
         "tokenizers>=0.15",
         "tensorboardX>=2.6",
+        "matplotlib>=3.7",  # shotstream-eval's plot
     ],
     extras_require={
         # PyTorch and the HF ports are references for tests and sources for

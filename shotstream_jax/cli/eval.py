@@ -30,6 +30,7 @@ import json
 import os
 import sys
 import time
+import warnings
 
 from absl import app, flags
 
@@ -214,6 +215,8 @@ def main(argv):
         raise app.UsageError("--videos needs --story=FILE.json and --json=OUT.json")
     from shotstream_jax.convert.io import CheckpointError
     from shotstream_jax.story import StoryError
+    # imageio starts ffmpeg with subprocess: no JAX work runs in the child, so fork is safe here
+    warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
     try:
         run_videos() if FLAGS.videos else run_testset()
     except (StoryError, CheckpointError, ValueError, OSError) as e:

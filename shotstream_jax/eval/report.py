@@ -56,6 +56,7 @@ def plot(per_video: dict, path: str) -> None:
             xs = [i + 1 for i, y in enumerate(ys) if y is not None]
             ax.plot(xs, [y for y in ys if y is not None], marker="o", label=name)
         ax.set_ylabel(key.replace("_", " "))
+        ax.ticklabel_format(axis="y", useOffset=False)
         ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("shot")

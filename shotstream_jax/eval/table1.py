@@ -19,8 +19,9 @@ VBench's consistency is
       cos(CLIP image feature, CLIP text feature of the shot's own caption);
   aesthetic quality: mean over frames of the LAION aesthetic predictor on the
       CLIP image feature, divided by 10;
-  dynamic degree: 100 if the video is dynamic by VBench's rule (`eval.flow`),
-      else 0; over a set of videos, the percentage of dynamic ones.
+  dynamic degree: 100 if the video is dynamic by VBench's rule (`eval.flow`)
+      applied to its frame steps within shots, else 0; over a set of videos,
+      the percentage of dynamic ones.
 """
 from __future__ import annotations
 
@@ -130,7 +131,9 @@ def score_video(frames: np.ndarray, fps: float, lengths, captions, ex: Extractor
 
     sampled = np.arange(0, len(frames), flow.frame_stride(fps))
     motion = flow.motion_scores(frames[sampled])
-    m["dynamic_degree"] = 100.0 if flow.is_dynamic(motion) else 0.0
+    shot_of = np.searchsorted(np.cumsum(lengths), sampled, side="right")
+    within = motion[shot_of[1:] == shot_of[:-1]]  # a step across a cut is not motion
+    m["dynamic_degree"] = 100.0 if flow.is_dynamic(within) else 0.0
     per_shot["motion"] = shot_motion(motion, sampled, lengths)
 
     if ex.dino is not None:
