@@ -4,11 +4,14 @@ plot; extractors not given are reported as not computed; a broken video is repor
 import json
 
 import numpy as np
+import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import CLIPConfig, CLIPModel, Dinov2Config, Dinov2Model
 
+from shotstream_jax.cli.eval import shot_lengths, story_for
 from shotstream_jax.eval.table1 import METRICS
+from shotstream_jax.story import StoryError
 from shotstream_jax.video_io import VideoWriter
 from tests.conftest import run_python
 
@@ -92,3 +95,19 @@ def test_eval_cli_scores_videos(tmp_path):
     r = run_python("-m", "shotstream_jax.cli.eval", f"--videos={vids}", f"--story={story}", f"--json={out}",
                    f"--dino={tmp_path / 'clip'}")
     assert r.returncode != 0 and "embeddings.cls_token" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_story_shot_lengths(tmp_path):
+    # shots are equal unless the story lists "shot_frames"; mismatches name the story file
+    f = tmp_path / "s.json"
+    f.write_text(json.dumps({"global_caption": "g", "shot1": "a", "shot2": "b", "shot_frames": [5, 11]}))
+    captions, given, src = story_for(str(tmp_path / "v.mp4"), str(f))
+    assert captions == ["a", "b"] and shot_lengths(16, 2, given, src) == [5, 11]
+    with pytest.raises(ValueError, match="s.json: shot_frames add up to 16 frames; the video has 17"):
+        shot_lengths(17, 2, given, src)
+    assert shot_lengths(16, 2, None, src) == [8, 8]
+    with pytest.raises(ValueError, match="17 frames do not split into 2 equal shots.*s.json"):
+        shot_lengths(17, 2, None, src)
+    (tmp_path / "v.json").write_text(json.dumps({"global_caption": "g", "shots": ["a"], "shot_frames": [0]}))
+    with pytest.raises(StoryError, match="v.json: 'shot_frames' must list one positive frame count per shot"):
+        story_for(str(tmp_path / "v.mp4"), str(tmp_path))  # a folder: <video name>.json
