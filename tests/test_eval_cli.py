@@ -9,8 +9,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import CLIPConfig, CLIPModel, Dinov2Config, Dinov2Model
 
-from shotstream_jax.cli.eval import shot_lengths, story_for
-from shotstream_jax.eval.table1 import METRICS
+from shotstream_jax.eval.table1 import METRICS, shot_lengths, story_for
 from shotstream_jax.story import StoryError
 from shotstream_jax.video_io import VideoWriter
 from tests.conftest import run_python

@@ -26,7 +26,6 @@ story and metrics.json (per story and mean): fps, first_frame_latency_s and the
 pixel-space metrics of shotstream_jax.eval.pixel (transition control, intra-
 and inter-shot consistency).
 """
-import json
 import os
 import sys
 import time
@@ -113,33 +112,6 @@ def list_videos(path: str) -> list[str]:
     return [path]
 
 
-def story_for(video: str, story_path: str) -> tuple[list[str], list[int] | None, str]:
-    """(shot captions, shot lengths or None for equal shots, the story file) of one video."""
-    from shotstream_jax.story import StoryError, load_story
-    f = story_path
-    if os.path.isdir(story_path):
-        f = os.path.join(story_path, os.path.splitext(os.path.basename(video))[0] + ".json")
-    story = load_story(f)
-    with open(f) as fh:
-        lengths = json.load(fh).get("shot_frames")
-    if lengths is not None and (not isinstance(lengths, list) or len(lengths) != len(story.shots)
-                                or not all(isinstance(n, int) and n > 0 for n in lengths)):
-        raise StoryError(f"{f}: 'shot_frames' must list one positive frame count per shot "
-                         f"({len(story.shots)} shots)")
-    return list(story.shots), lengths, f
-
-
-def shot_lengths(n_frames: int, n_shots: int, given, story_file: str) -> list[int]:
-    if given is not None:
-        if sum(given) != n_frames:
-            raise ValueError(f"{story_file}: shot_frames add up to {sum(given)} frames; the video has {n_frames}")
-        return list(given)
-    if n_frames % n_shots:
-        raise ValueError(f"{n_frames} frames do not split into {n_shots} equal shots; give \"shot_frames\" "
-                         f"in {story_file}")
-    return [n_frames // n_shots] * n_shots
-
-
 def load_extractors():
     from shotstream_jax.eval.features import AestheticHead, CLIPFeatures, DINOFeatures
     from shotstream_jax.eval.table1 import Extractors
@@ -164,7 +136,7 @@ def run_videos():
     if FLAGS.limit:
         videos = videos[:FLAGS.limit]
     if not os.path.isdir(FLAGS.story):
-        story_for(videos[0], FLAGS.story)  # a broken story file fails before any model loads
+        table1.story_for(videos[0], FLAGS.story)  # a broken story file fails before any model loads
     out_dir = os.path.dirname(os.path.abspath(FLAGS.json))
     if not os.path.isdir(out_dir):
         raise ValueError(f"{FLAGS.json}: the folder {out_dir} does not exist")
@@ -173,7 +145,7 @@ def run_videos():
     for path in tqdm(videos, desc="videos", disable=not FLAGS.progress, file=sys.stderr):
         name = os.path.basename(path)
         try:
-            captions, given, story_file = story_for(path, FLAGS.story)
+            captions, given, story_file = table1.story_for(path, FLAGS.story)
         except StoryError as e:
             skipped[name] = str(e)
         else:
@@ -183,7 +155,7 @@ def run_videos():
                 skipped[name] = f"{path}: unreadable video ({type(e).__name__}: {e})"
             else:
                 try:
-                    lengths = shot_lengths(len(frames), len(captions), given, story_file)
+                    lengths = table1.shot_lengths(len(frames), len(captions), given, story_file)
                     results[name] = {"frames": len(frames), "fps": fps, "shot_lengths": lengths,
                                      **table1.score_video(frames, fps, lengths, captions, ex)}
                 except ValueError as e:

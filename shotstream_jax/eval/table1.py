@@ -26,11 +26,14 @@ VBench's consistency is
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from typing import Optional
 
 import numpy as np
 
 from shotstream_jax.eval import cuts, flow
+from shotstream_jax.story import StoryError, load_story
 
 # (key, Table 1 column, extractors needed)
 METRICS = (
@@ -62,6 +65,33 @@ class Extractors:
 
     def missing(self, names) -> list[str]:
         return [n for n in names if getattr(self, n) is None]
+
+
+def story_for(video: str, story_path: str) -> tuple[list[str], list[int] | None, str]:
+    """(shot captions, shot lengths or None for equal shots, the story file) of one video."""
+    f = story_path
+    if os.path.isdir(story_path):
+        f = os.path.join(story_path, os.path.splitext(os.path.basename(video))[0] + ".json")
+    story = load_story(f)
+    with open(f) as fh:
+        lengths = json.load(fh).get("shot_frames")
+    if lengths is not None and (not isinstance(lengths, list) or len(lengths) != len(story.shots)
+                                or not all(isinstance(n, int) and n > 0 for n in lengths)):
+        raise StoryError(f"{f}: 'shot_frames' must list one positive frame count per shot "
+                         f"({len(story.shots)} shots)")
+    return list(story.shots), lengths, f
+
+
+def shot_lengths(n_frames: int, n_shots: int, given, story_file: str) -> list[int]:
+    """The story's "shot_frames" if given (checked against the video), else equal shots."""
+    if given is not None:
+        if sum(given) != n_frames:
+            raise ValueError(f"{story_file}: shot_frames add up to {sum(given)} frames; the video has {n_frames}")
+        return list(given)
+    if n_frames % n_shots:
+        raise ValueError(f"{n_frames} frames do not split into {n_shots} equal shots; give \"shot_frames\" "
+                         f"in {story_file}")
+    return [n_frames // n_shots] * n_shots
 
 
 def consistency(f: np.ndarray) -> float:
