@@ -26,6 +26,7 @@ setup(
         "sentencepiece>=0.2",
         "tokenizers>=0.15",
         "tensorboardX>=2.6",
+        "matplotlib>=3.7",  # shotstream-eval's plot
         # shotstream-studio: the ASGI app, its server (websockets for the live socket), JPEG frames.
         "starlette>=0.40",
         "uvicorn>=0.30",

@@ -1,10 +1,11 @@
-"""Evaluation metrics against hand-made videos (hard cuts, static shots, noise), and shotstream-eval
-end to end on a reference-format test set."""
+"""Pixel metrics and transition control against hand-made videos (hard cuts, static shots, noise)
+with known answers, and shotstream-eval --testset end to end on a reference-format test set."""
 import json
 
 import numpy as np
 import pytest
 
+from shotstream_jax.eval import cuts
 from shotstream_jax.eval import pixel as evaluation
 from tests.conftest import run_python
 
@@ -22,9 +23,9 @@ def _shots(colours, n=9, size=32):
 
 def test_cut_detector_finds_hard_cuts():
     video = _shots([20, 200, 90])
-    assert evaluation.transition_control(video, [9, 9, 9]) == 1.0
+    assert cuts.transition_control(video, [9, 9, 9]) == 1.0
     # the same video split at the wrong places: the cuts are not where the story says
-    assert evaluation.transition_control(video, [4, 10, 13]) == 0.0
+    assert cuts.transition_control(video, [4, 10, 13]) == 0.0
 
 
 def test_consistency_scores():

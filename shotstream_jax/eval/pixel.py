@@ -1,13 +1,10 @@
-"""Evaluation of generated multi-shot videos: speed, and the metrics computable without
-pretrained feature networks.
+"""Metrics of generated multi-shot videos computed from pixels alone (no feature network),
+and the test-set helpers of `shotstream-eval --testset`.
 
-The paper's consistency, text-alignment and aesthetic scores need DINO / CLIP /
-aesthetic-predictor weights that this package cannot download; they are not
-computed here. What is computed, from pixels:
-  * `transition_control`: shot-cut accuracy. A content-difference cut detector
-    (mean absolute difference of consecutive downsampled frames, as
-    PySceneDetect's ContentDetector) marks the S-1 largest differences as cuts;
-    the score is the fraction of the story's S-1 shot boundaries found.
+The paper's Table 1 scores, with DINOv2 / CLIP / aesthetic-head features, are in
+`eval.table1`. Here:
+  * `transition_control`: shot-cut accuracy, the F1 score of the weight-free
+    cut detector's cuts against the story's shot boundaries (`eval.cuts`).
   * `intra_shot_consistency`: mean Pearson correlation of consecutive frames
     inside each shot (1 = static, 0 = unrelated frames).
   * `inter_shot_consistency`: mean Pearson correlation between the temporal
@@ -21,13 +18,8 @@ import os
 
 import numpy as np
 
-
-def _small(frames: np.ndarray, size: int = 32) -> np.ndarray:
-    """uint8 [T, H, W, 3] -> float [T, size', size', 3] by block averaging (no resampling library)."""
-    t, h, w, c = frames.shape
-    fy, fx = max(1, h // size), max(1, w // size)
-    x = frames[:, :h // fy * fy, :w // fx * fx].astype(np.float32) / 255.0
-    return x.reshape(t, h // fy, fy, w // fx, fx, c).mean(axis=(2, 4))
+from shotstream_jax.eval import cuts
+from shotstream_jax.eval.cuts import small_frames
 
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float:
@@ -36,24 +28,8 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / den) if den > 0 else 1.0
 
 
-def frame_differences(frames: np.ndarray) -> np.ndarray:
-    """[T-1] mean absolute difference between consecutive downsampled frames."""
-    x = _small(frames)
-    return np.abs(np.diff(x, axis=0)).mean(axis=(1, 2, 3))
-
-
-def transition_control(frames: np.ndarray, shot_lengths: list[int]) -> float:
-    """Fraction of shot boundaries at which the cut detector fires (see module docstring)."""
-    if len(shot_lengths) < 2:
-        return 1.0
-    d = frame_differences(frames)
-    boundaries = set(np.cumsum(shot_lengths)[:-1] - 1)  # diff index i is between frames i and i+1
-    detected = set(np.argsort(d)[::-1][:len(boundaries)].tolist())
-    return len(boundaries & detected) / len(boundaries)
-
-
 def intra_shot_consistency(frames: np.ndarray, shot_lengths: list[int]) -> float:
-    x, start, scores = _small(frames), 0, []
+    x, start, scores = small_frames(frames), 0, []
     for n in shot_lengths:
         scores += [_corr(x[i], x[i + 1]) for i in range(start, start + n - 1)]
         start += n
@@ -61,7 +37,7 @@ def intra_shot_consistency(frames: np.ndarray, shot_lengths: list[int]) -> float
 
 
 def inter_shot_consistency(frames: np.ndarray, shot_lengths: list[int]) -> float:
-    x = _small(frames)
+    x = small_frames(frames)
     bounds = np.cumsum([0, *shot_lengths])
     means = [x[a:b].mean(axis=0) for a, b in zip(bounds[:-1], bounds[1:])]
     scores = [_corr(a, b) for a, b in zip(means[:-1], means[1:])]
@@ -72,7 +48,7 @@ def video_metrics(frames: np.ndarray, shot_lengths: list[int]) -> dict:
     if sum(shot_lengths) != len(frames):
         raise ValueError(f"shot lengths {shot_lengths} do not add up to the video's {len(frames)} frames")
     return {
-        "transition_control": transition_control(frames, shot_lengths),
+        "transition_control": cuts.transition_control(frames, shot_lengths),
         "intra_shot_consistency": intra_shot_consistency(frames, shot_lengths),
         "inter_shot_consistency": inter_shot_consistency(frames, shot_lengths),
     }

@@ -1,0 +1,280 @@
+"""The Shapes world: synthetic multi-shot stories whose captions say exactly what is drawn.
+
+Each shot is one plain palette background with one filled palette shape on it;
+shots are separated by hard cuts. A shot caption is exactly
+
+    <framing> of <character> <motion> on a <colour> background
+
+with <character> either `a <colour> <shape>` or `the same character`, which
+means the most recently named character of the story: its colour and shape are
+then only in the earlier shots' pictures, so only the global context cache can
+carry them. Global captions are generic and never name a colour or a shape.
+
+Rules that make every caption checkable from pixels (eval/shapes.py):
+* background and character colours differ within a shot;
+* consecutive shots have different backgrounds, so every cut is visible;
+* a new character differs from the previous one in colour or shape;
+* `wide shot`: shape size H/4; `close-up`: H/2 (size = the shape's height);
+* moving: the centre travels 3/8 of the frame in a straight line over the shot
+  and the shape stays inside the frame; `standing still`: the centre is fixed.
+
+Stories are a pure function of (seed, index). `write_dataset` writes them as
+the reference manifest (mp4 + caption JSON + CSV, DESIGN.md section 9) that
+data/manifest.py and data/pipeline.py read.
+
+    python -m shotstream_jax.data.shapes --out=DIR --num_stories=100 --seed=0
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import re
+import tempfile
+
+import numpy as np
+
+PALETTE = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 70, 220),
+    "yellow": (240, 200, 40),
+    "white": (240, 240, 240),
+    "black": (25, 25, 25),
+}
+COLOURS = tuple(PALETTE)
+SHAPES = ("circle", "square", "triangle")
+FRAMINGS = {"wide shot": 0.25, "close-up": 0.5}   # shape height / frame height
+MOTIONS = {"moving left": (-1, 0), "moving right": (1, 0), "moving up": (0, -1), "moving down": (0, 1),
+           "standing still": (0, 0)}               # (dx, dy) direction in image coordinates
+SAME = "the same character"
+TRAVEL = 0.375                                     # centre travel of a moving shape, in frame sizes
+GLOBAL_ONE = ("A story about one character.", "A short story with one character.",
+              "One character, several shots.")
+GLOBAL_MANY = ("A story about a few characters.", "A short story with several characters.",
+               "Characters in several shots.")
+
+HEIGHT = WIDTH = 64
+FPS = 16
+SHOT_FRAMES = 33            # 1 + 4 * 8: nine latent frames, three 3-frame chunks
+MIN_SHOTS, MAX_SHOTS = 2, 5
+P_SAME = 0.75               # probability that a later shot keeps the character
+
+_CAPTION = re.compile(r"(wide shot|close-up) of (the same character|a (\w+) (\w+)) "
+                      r"(moving left|moving right|moving up|moving down|standing still) on a (\w+) background")
+
+
+@dataclasses.dataclass(frozen=True)
+class Shot:
+    framing: str
+    colour: str          # the character's colour (resolved even when the caption says `the same character`)
+    shape: str
+    motion: str
+    background: str
+    same: bool           # caption says `the same character`
+    start: tuple[float, float]   # centre (x, y) in pixels at the first frame
+    end: tuple[float, float]     # centre at the last frame
+
+    @property
+    def caption(self) -> str:
+        who = SAME if self.same else f"a {self.colour} {self.shape}"
+        return f"{self.framing} of {who} {self.motion} on a {self.background} background"
+
+
+@dataclasses.dataclass(frozen=True)
+class Story:
+    global_caption: str
+    shots: tuple[Shot, ...]
+
+    @property
+    def captions(self) -> dict:
+        """The reference caption JSON: {"global_caption": ..., "shot1": ..., ...}."""
+        return {"global_caption": self.global_caption,
+                **{f"shot{i + 1}": s.caption for i, s in enumerate(self.shots)}}
+
+
+def vocabulary() -> list[str]:
+    """Every word the world's prompts use (text.shot_prompt joins them with `shot{i}:`), sorted."""
+    words = set()
+    for text in (*GLOBAL_ONE, *GLOBAL_MANY, *FRAMINGS, *MOTIONS, SAME, *COLOURS, *SHAPES, "of a on background"):
+        words.update(text.lower().replace(".", " . ").replace(",", " , ").split())
+    words.update(f"shot{i}:" for i in range(MAX_SHOTS))
+    return sorted(words)
+
+
+def parse_caption(caption: str) -> dict:
+    """A shot caption -> {framing, colour, shape, motion, background, same}; ValueError when off-grammar.
+
+    colour/shape are None for `the same character`.
+    """
+    m = _CAPTION.fullmatch(caption.strip())
+    if not m or m.group(6) not in PALETTE or (m.group(3) and (m.group(3) not in PALETTE or m.group(4) not in SHAPES)):
+        raise ValueError(f"{caption!r} is not a Shapes-world caption "
+                         f"('<framing> of <character> <motion> on a <colour> background')")
+    return dict(framing=m.group(1), colour=m.group(3), shape=m.group(4), motion=m.group(5),
+                background=m.group(6), same=m.group(2) == SAME)
+
+
+def resolve_captions(captions) -> list[dict]:
+    """Parsed shot captions with `the same character` replaced by the last named character's colour and shape."""
+    out, who = [], None
+    for i, c in enumerate(captions):
+        p = parse_caption(c)
+        if p["same"]:
+            if who is None:
+                raise ValueError(f"shot {i + 1} says {SAME!r} but no earlier shot names a character")
+            p["colour"], p["shape"] = who
+        who = (p["colour"], p["shape"])
+        out.append(p)
+    return out
+
+
+def _path(rng: np.random.Generator, framing: str, motion: str, size: int):
+    """Start and end centre of the shape: inside the frame, travelling TRAVEL * frame when moving."""
+    half = FRAMINGS[framing] * size / 2
+    lo, hi = half + 1, size - half - 1           # centre range that keeps the whole shape in frame
+    dx, dy = MOTIONS[motion]
+    travel = TRAVEL * size if (dx or dy) else 0.0
+
+    def axis(d):
+        if d == 0:
+            c = rng.uniform(lo, hi)
+            return c, c
+        a = rng.uniform(lo, hi - travel)           # start of the movement, before orientation
+        return (a, a + travel) if d > 0 else (a + travel, a)
+
+    (x0, x1), (y0, y1) = axis(dx), axis(dy)
+    return (float(x0), float(y0)), (float(x1), float(y1))
+
+
+def make_story(seed: int, index: int, size: int = HEIGHT) -> Story:
+    """Story `index` of the world with seed `seed` (a pure function of both)."""
+    rng = np.random.default_rng([seed, index])
+    n = int(rng.integers(MIN_SHOTS, MAX_SHOTS + 1))
+    shots, who, bg, named = [], None, None, 0
+    for i in range(n):
+        same = i > 0 and rng.random() < P_SAME
+        if not same:
+            while True:
+                new = (COLOURS[rng.integers(len(COLOURS))], SHAPES[rng.integers(len(SHAPES))])
+                if new != who:
+                    break
+            who, named = new, named + 1
+        bg = str(rng.choice([c for c in COLOURS if c != who[0] and c != bg]))
+        framing = str(rng.choice(list(FRAMINGS)))
+        motion = str(rng.choice(list(MOTIONS)))
+        start, end = _path(rng, framing, motion, size)
+        shots.append(Shot(framing, who[0], who[1], motion, bg, same, start, end))
+    glob = GLOBAL_ONE if named == 1 else GLOBAL_MANY
+    return Story(str(glob[rng.integers(len(glob))]), tuple(shots))
+
+
+def shape_mask(shape: str, cx: float, cy: float, side: float, size: int, supersample: int = 4) -> np.ndarray:
+    """Coverage f32[size, size] in [0, 1] of a filled upright shape of height `side` centred at (cx, cy)."""
+    s = supersample
+    g = (np.arange(size * s) + 0.5) / s
+    y, x = g[:, None], g[None, :]
+    h = side / 2
+    if shape == "circle":
+        inside = (x - cx) ** 2 + (y - cy) ** 2 <= h * h
+    elif shape == "square":
+        inside = (np.abs(x - cx) <= h) & (np.abs(y - cy) <= h)
+    elif shape == "triangle":   # apex up, base at the bottom, as wide as it is tall
+        inside = (y <= cy + h) & (np.abs(x - cx) <= (y - (cy - h)) / 2)
+    else:
+        raise ValueError(f"unknown shape {shape!r}; known: {SHAPES}")
+    return inside.reshape(size, s, size, s).mean((1, 3)).astype(np.float32)
+
+
+def render_shot(shot: Shot, frames: int = SHOT_FRAMES, size: int = HEIGHT) -> np.ndarray:
+    """uint8[frames, size, size, 3]: the shot, the centre moving linearly from `start` to `end`."""
+    bg = np.asarray(PALETTE[shot.background], np.float32)
+    fg = np.asarray(PALETTE[shot.colour], np.float32)
+    side = FRAMINGS[shot.framing] * size
+    out = np.empty((frames, size, size, 3), np.uint8)
+    for f in range(frames):
+        a = f / max(frames - 1, 1)
+        cx = shot.start[0] + a * (shot.end[0] - shot.start[0])
+        cy = shot.start[1] + a * (shot.end[1] - shot.start[1])
+        m = shape_mask(shot.shape, cx, cy, side, size)[..., None]
+        out[f] = np.round(bg * (1 - m) + fg * m).astype(np.uint8)
+    return out
+
+
+def render_story(story: Story, shot_frames: int = SHOT_FRAMES, size: int = HEIGHT) -> np.ndarray:
+    """uint8[n_shots * shot_frames, size, size, 3]: the shots back to back (hard cuts)."""
+    return np.concatenate([render_shot(s, shot_frames, size) for s in story.shots])
+
+
+def write_video(path: str, frames: np.ndarray, fps: int = FPS) -> None:
+    """H.264 mp4 at near-lossless quality (crf 10; yuv420p so that ordinary players read it), atomically."""
+    import imageio.v2 as imageio
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".mp4", dir=d)
+    os.close(fd)
+    os.chmod(tmp, 0o644)
+    try:
+        w = imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", pixelformat="yuv420p",
+                               macro_block_size=1, quality=None, output_params=["-crf", "10"],
+                               ffmpeg_log_level="error")
+        for f in frames:
+            w.append_data(f)
+        w.close()
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_dataset(out_dir: str, num_stories: int, seed: int = 0, shot_frames: int = SHOT_FRAMES,
+                  size: int = HEIGHT, fps: int = FPS, progress: bool = False) -> str:
+    """Write stories 0..num_stories-1 of `seed` as mp4 + caption JSON + manifest.csv; returns the manifest path.
+
+    Also writes `stories.json` (all stories in the ours story-file format, one per entry, with the video name)
+    for generation and evaluation. Existing videos are kept, so an interrupted run continues.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    rows, stories = [], []
+    for i in range(num_stories):
+        story = make_story(seed, i, size)
+        name = f"{i:05d}"
+        video = os.path.join(out_dir, name + ".mp4")
+        if not os.path.exists(video):
+            write_video(video, render_story(story, shot_frames, size), fps)
+        with open(os.path.join(out_dir, name + ".json"), "w") as f:
+            json.dump(story.captions, f, indent=1)
+        ranges = [[k * shot_frames, (k + 1) * shot_frames] for k in range(len(story.shots))]
+        rows.append([len(story.shots), name + ".json", name + ".mp4", json.dumps(ranges)])
+        stories.append(dict(video=name + ".mp4", global_caption=story.global_caption,
+                            shots=[s.caption for s in story.shots]))
+        if progress and ((i + 1) % 50 == 0 or i + 1 == num_stories):
+            print(f"shapes: {i + 1}/{num_stories} stories in {out_dir}", flush=True)
+    with open(os.path.join(out_dir, "stories.json"), "w") as f:
+        json.dump(dict(seed=seed, shot_frames=shot_frames, fps=fps, stories=stories), f, indent=1)
+    manifest = os.path.join(out_dir, "manifest.csv")
+    with open(manifest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["shot_num_from_caption", "json_path", "video_path", "frame_number"])
+        w.writerows(rows)
+    return manifest
+
+
+def main(argv):
+    del argv
+    from absl import flags
+    f = flags.FLAGS
+    path = write_dataset(f.out, f.num_stories, f.seed, f.shot_frames, f.size, f.fps, progress=True)
+    print(path)
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    flags.DEFINE_string("out", None, "Folder to write the stories to (videos, caption JSONs, manifest.csv).")
+    flags.DEFINE_integer("num_stories", 100, "Number of stories (story i is a pure function of --seed and i).")
+    flags.DEFINE_integer("seed", 0, "World seed; held-out evaluation stories use a seed not used in training.")
+    flags.DEFINE_integer("shot_frames", SHOT_FRAMES, "Pixel frames per shot (1 + 4k for the Wan VAE).")
+    flags.DEFINE_integer("size", HEIGHT, "Frame height and width in pixels.")
+    flags.DEFINE_integer("fps", FPS, "Frames per second of the videos.")
+    flags.mark_flag_as_required("out")
+    app.run(main)

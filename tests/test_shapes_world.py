@@ -1,0 +1,126 @@
+"""Shapes world and its exact metrics: checked against the issue's rules written out here and area formulas."""
+import json
+import re
+
+import numpy as np
+import pytest
+
+from shotstream_jax.data import manifest, shapes
+from shotstream_jax.eval import shapes as metrics
+
+# The issue's fixed words and colours, written out independently of the module.
+PALETTE = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220), "yellow": (240, 200, 40),
+           "white": (240, 240, 240), "black": (25, 25, 25)}
+GRAMMAR = re.compile(r"(wide shot|close-up) of (the same character|a (red|green|blue|yellow|white|black) "
+                     r"(circle|square|triangle)) (moving (left|right|up|down)|standing still) on a "
+                     r"(red|green|blue|yellow|white|black) background")
+STORIES = [shapes.make_story(3, i) for i in range(16)]
+
+
+def test_palette_and_captions_follow_the_issue():
+    """Reference: the issue's palette and caption grammar, as regular expressions in this test."""
+    assert shapes.PALETTE == PALETTE
+    for story in STORIES:
+        assert 2 <= len(story.shots) <= 5
+        assert not story.shots[0].same
+        assert not any(w in story.global_caption.lower() for w in [*PALETTE, "circle", "square", "triangle"])
+        for i, shot in enumerate(story.shots):
+            assert GRAMMAR.fullmatch(shot.caption), shot.caption
+            assert shot.background != shot.colour
+            if i:
+                assert shot.background != story.shots[i - 1].background
+                if shot.same:
+                    assert (shot.colour, shot.shape) == (story.shots[i - 1].colour, story.shots[i - 1].shape)
+    assert sum(s.same for st in STORIES for s in st.shots) > sum(not s.same for st in STORIES for s in st.shots[1:])
+
+
+def test_stories_are_deterministic_by_seed():
+    """Reference: the same (seed, index) gives the same story and pixels; another seed another story."""
+    assert shapes.make_story(3, 5) == STORIES[5]
+    np.testing.assert_array_equal(shapes.render_story(shapes.make_story(3, 5)), shapes.render_story(STORIES[5]))
+    assert [shapes.make_story(4, i).captions for i in range(8)] != [s.captions for s in STORIES[:8]]
+
+
+@pytest.mark.parametrize("shape,area", [("circle", np.pi * 8 ** 2), ("square", 16 ** 2), ("triangle", 16 ** 2 / 2)])
+def test_shape_masks_have_the_area_of_the_formula(shape, area):
+    """Reference: circle pi r^2, square s^2, upright triangle s^2/2 for height s = 16."""
+    m = shapes.shape_mask(shape, 30.3, 28.7, 16, 64)
+    assert m.sum() == pytest.approx(area, rel=0.02)
+
+
+def test_motion_travels_a_quarter_frame_and_stays_in_frame():
+    """Reference: the issue's motion rules (>= 1/4 frame travel, shape in frame) evaluated on the path."""
+    for story in STORIES:
+        for s in story.shots:
+            half = shapes.FRAMINGS[s.framing] * 64 / 2
+            dx, dy = s.end[0] - s.start[0], s.end[1] - s.start[1]
+            if s.motion == "standing still":
+                assert dx == dy == 0
+            else:
+                assert np.hypot(dx, dy) >= 16
+                assert (np.sign(dx), np.sign(dy)) == shapes.MOTIONS[s.motion]
+            for x, y in (s.start, s.end):
+                assert half <= x <= 64 - half and half <= y <= 64 - half
+
+
+def test_ground_truth_scores_one_on_every_metric():
+    """Reference: the captions the world wrote; the rendered pixels must score 1.0 on every metric."""
+    out = metrics.score((shapes.render_story(s), [x.caption for x in s.shots]) for s in STORIES)
+    for m in metrics.METRICS:
+        assert out[m] == 1.0, (m, out[m])
+
+
+def test_written_dataset_reads_back_and_scores_one(tmp_path):
+    """Reference: manifest.read_manifest (the training reader) and the metrics on the decoded mp4s."""
+    path = shapes.write_dataset(str(tmp_path), num_stories=3, seed=11)
+    clips, skipped = manifest.read_manifest(path)
+    assert skipped == 0 and len(clips) == 3
+    assert clips[0].ranges == tuple((k * 33, (k + 1) * 33) for k in range(len(clips[0].ranges)))
+    assert clips[0].prompts[1].startswith(shapes.make_story(11, 0).global_caption + "shot1:")
+    out = metrics.evaluate(str(tmp_path / "stories.json"), str(tmp_path))
+    assert all(out[m] == 1.0 for m in metrics.METRICS), out
+
+
+def test_shuffled_and_recoloured_stories_score_low():
+    """Reference: chance levels; another story's captions or swapped colour words must not match the pixels."""
+    by_len = {}
+    for s in [shapes.make_story(3, i) for i in range(24)]:
+        by_len.setdefault(len(s.shots), []).append(s)
+    shuffled = [(shapes.render_story(a), [x.caption for x in b.shots])
+                for group in by_len.values() for a, b in zip(group, group[1:] + group[:1]) if a is not b]
+    out = metrics.score(shuffled)
+    assert out["background"] < 0.4 and out["character_colour"] < 0.4 and out["motion"] < 0.5
+    swap = dict(zip(PALETTE, list(PALETTE)[1:] + list(PALETTE)[:1]))
+    recoloured = [(shapes.render_story(s), [re.sub("|".join(PALETTE), lambda m: swap[m.group(0)], x.caption)
+                                            for x in s.shots]) for s in STORIES[:8]]
+    out = metrics.score(recoloured)
+    assert out["background"] == 0.0 and out["character_colour"] == 0.0 and out["same_character"] == 0.0
+    assert out["character_shape"] == 1.0   # only the colours were changed
+
+
+def test_cut_and_smoothness_catch_broken_videos():
+    """Reference: a video with its frames reversed inside shot 1 still scores cuts; one with a cut inside a
+    shot and a flickering shot loses exactly those items."""
+    s = STORIES[0]
+    captions = [x.caption for x in s.shots]
+    video = shapes.render_story(s)
+    n = len(s.shots)
+    broken = video.copy()
+    broken[10:33] = video[33 + 10:66]          # a cut inside shot 1 (and one back at its end, the boundary)
+    out = metrics.score_story(broken, captions)
+    assert out["cut"][n - 1] == 0.0            # shot 1 has a cut inside it
+    flicker = video.copy()
+    flicker[1:33:2] = 255 - video[1:33:2]
+    assert metrics.score_story(flicker, captions)["smoothness"][0] == 0.0
+
+
+def test_bad_captions_and_story_files_fail_clearly(tmp_path):
+    """Reference: the grammar; an off-grammar caption or a broken stories file names the problem."""
+    with pytest.raises(ValueError, match="not a Shapes-world caption"):
+        shapes.parse_caption("a cat on a mat")
+    with pytest.raises(ValueError, match="no earlier shot"):
+        shapes.resolve_captions(["wide shot of the same character standing still on a red background"])
+    bad = tmp_path / "stories.json"
+    bad.write_text(json.dumps({"stories": [{"shots": []}]}))
+    with pytest.raises(ValueError, match="not a Shapes stories file"):
+        metrics.evaluate(str(bad), str(tmp_path))
