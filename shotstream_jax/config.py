@@ -52,9 +52,10 @@ def get_config(size: str = "toy", stage: str = "teacher") -> ml_collections.Conf
         shot_latent_frames=21,     # 81 pixel frames
         shot_theta=1.0 / 6.0,      # RoPE phase per shot index
         shot_indicator=True,       # False: the paper's "w/o indicator" ablation
-        # First shot's global cache: "masked" (empty, attended by nothing) or "zeros"
-        # (the public code's six all-zero context latents, which official weights saw).
-        first_shot_context="masked",
+        # First shot's global cache: "zeros" (the public code's six all-zero context
+        # latents in RoPE shot 0, attended to: what official weights were trained with)
+        # or "masked" (an empty cache attended by nothing; an option for models trained here).
+        first_shot_context="zeros",
         denoising_steps=(1000, 740, 500, 260),  # warped through the shift-8 schedule
         timestep_shift=8.0,
         num_train_timesteps=1000,
