@@ -2,13 +2,14 @@
 restated by hand here: every shot of the video is rolled out (shot 0 included) with one optimiser step
 each (generator when step % (critic_steps + 1) == 0, else critic); shot i's context is the VAE
 re-encoding, frame by frame, of pixel frames round(linspace) of the decoded earlier shots; shot 0's
-context is six zero latents in RoPE shot 0; LoRA (4_dmd_long.yaml) on the generator and the critic."""
+context is six zero latents in RoPE shot 0; LoRA (4_dmd_long.yaml) on the generator and the critic, merged
+into the exported generator as peft merges it (W + alpha / r A B)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from shotstream_jax import sharding
+from shotstream_jax import model_dir, sharding
 from shotstream_jax.data import pipeline
 from shotstream_jax.train import stages
 from tests.test_train_stages import small
@@ -68,3 +69,14 @@ def test_inter_shot_rollout_updates_and_reencoded_context(tmp_path):
     batch2 = dict(batch, num_shots=np.full_like(batch["num_shots"], 2))
     new2, m2, _ = video_step(new, consts, batch2)
     assert int(m2["shots"]) == 2 and int(new2["step"]) == 5
+    assert all(np.isfinite(float(m2[k])) for k in ("loss", "generator_loss", "critic_loss", "grad_norm"))
+
+    # The exported generator is the base model with the LoRA merged in (W + alpha/r A B).
+    stage.export(new2, str(tmp_path / "export"))
+    got = nnx.state(model_dir.load_dit(str(tmp_path / "export")), nnx.Param).to_pure_dict()
+    path = "blocks/ffn/fc1"
+    ab = new2["gen"][path]
+    want = np.asarray(new2["gen_frozen"]["blocks"]["ffn"]["fc1"]["kernel"]) + \
+        cfg.train.lora_alpha / cfg.train.lora_rank * np.einsum("lir,lro->lio", ab["a"], ab["b"])
+    np.testing.assert_allclose(np.asarray(got["blocks"]["ffn"]["fc1"]["kernel"]), want, rtol=1e-5, atol=1e-6)
+    assert np.abs(np.asarray(ab["b"])).max() > 0
