@@ -3,16 +3,17 @@
 A stage owns:
   state   checkpointed pytree: {'step', 'gen', 'gen_frozen', 'gen_opt'[, 'critic', 'critic_frozen', 'critic_opt']}
           (pure parameter dicts of the trained networks and their optax states);
-  consts  frozen inputs re-made on resume: the teacher's parameters (real score)
-          and the unconditional text embedding;
-and `step(state, consts, batch) -> (state, metrics)`, compiled once. The RNG of
-step s is fold_in(seed, s), so a resumed run draws the same numbers.
+  consts  frozen inputs re-made on resume: the teacher's parameters (real score),
+          the unconditional text embedding (and in dmd_inter the VAE);
+and `step(state, consts, batch) -> (state, metrics)`, compiled once per length
+bucket of the batches. The RNG of update s (state['step']) is fold_in(seed, s),
+so a resumed run draws the same numbers.
 
 Networks:
   teacher    bidirectional next-shot DiT over FrameConcat(context, target) (models/teacher.py);
   generator  the causal student (models/student.py): Self-Forcing rollouts with
              the dual KV cache for DMD, the block-causal full-sequence pass for ODE init;
-  critic     fake score, initialised from the teacher.
+  critic     fake score, initialised from the teacher (LoRA over it in dmd_inter).
 """
 from __future__ import annotations
 
