@@ -52,9 +52,10 @@ def get_config(size: str = "toy", stage: str = "teacher") -> ml_collections.Conf
         shot_latent_frames=21,     # 81 pixel frames
         shot_theta=1.0 / 6.0,      # RoPE phase per shot index
         shot_indicator=True,       # False: the paper's "w/o indicator" ablation
-        # First shot's global cache: "masked" (empty, attended by nothing) or "zeros"
-        # (the public code's six all-zero context latents, which official weights saw).
-        first_shot_context="masked",
+        # First shot's global cache: "zeros" (the public code's six all-zero context
+        # latents in RoPE shot 0, attended to: what official weights were trained with)
+        # or "masked" (an empty cache attended by nothing; an option for models trained here).
+        first_shot_context="zeros",
         denoising_steps=(1000, 740, 500, 260),  # warped through the shift-8 schedule
         timestep_shift=8.0,
         num_train_timesteps=1000,
@@ -69,6 +70,10 @@ def get_config(size: str = "toy", stage: str = "teacher") -> ml_collections.Conf
         latents_dir="",          # pre-encoded examples (shotstream_jax.data.preencode); wins over manifest
         encoder_dir="",          # full model dir whose VAE + umT5 encode videos/prompts (toy: TOY stand-ins)
         max_shots=5,             # prompt slots per example (videos have 2-5 shots)
+        # Target shots keep their true length, cut down to the longest of these (latent frames)
+        # that they fill: one compile per bucket. Shorter shots are skipped.
+        length_buckets=(3, 6, 9, 12, 15, 18, 21),
+        resize="stretch",        # stretch to height x width as the reference's reader, or "crop" (cover + centre crop)
         toy_videos=4,            # size of the generated toy dataset
         shuffle_seed=0))
     _add_stage(c, stage, toy)
@@ -82,6 +87,7 @@ def _add_stage(c: ml_collections.ConfigDict, stage: str, toy: bool) -> None:
     t.weight_decay = 0.01
     t.clip_norm = 10.0
     t.trainable = "all"              # all | self_attn | lora
+    t.critic_trainable = "all"       # the critic's: all | lora
     t.lora_rank, t.lora_alpha = (4, 4.0) if toy else (256, 256.0)
     t.context_dropout = 0.0
     t.text_dropout = 0.0
@@ -92,7 +98,7 @@ def _add_stage(c: ml_collections.ConfigDict, stage: str, toy: bool) -> None:
     t.min_t, t.max_t = 20.0, 980.0   # DMD timestep clamp
     t.ode_steps = 10 if toy else 50  # teacher sampling steps for ODE pairs
     t.ode_guidance = 6.0
-    t.num_shots = 3 if toy else 5    # shots rolled out per video in dmd_inter
+    t.num_shots = 2                  # dmd_inter: fewest shots a training video needs (all its shots are rolled out)
     t.teacher_dir = ""               # model dir of the bidirectional teacher (real score, critic init)
     t.init_dir = ""                  # model dir the trained network starts from
     t.ode_dir = ""                   # ODE pairs written by the ode_pairs stage
@@ -100,8 +106,11 @@ def _add_stage(c: ml_collections.ConfigDict, stage: str, toy: bool) -> None:
         t.lr, t.trainable = 1e-5, "self_attn"
         t.context_dropout = t.text_dropout = 0.1
     elif stage == "ode_init":
-        t.lr = 1e-6
+        t.lr, t.clip_norm = 1e-6, 1.0
+        t.text_dropout = 0.1
     elif stage in ("dmd_intra", "dmd_inter"):
         t.lr, t.clip_norm = 2e-6, 1.0
+        t.context_dropout = 0.1
         if stage == "dmd_inter":
-            t.trainable = "lora"
+            # 4_dmd_long.yaml: LoRA rank 256, alpha 256 on every block Linear of generator and critic.
+            t.trainable = t.critic_trainable = "lora"

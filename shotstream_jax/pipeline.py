@@ -71,7 +71,7 @@ class ShotStream:
                              f"chunk_frames={self.chunk_frames}")
         self.chunks_per_shot = self.shot_latent_frames // self.chunk_frames
         self.shot_theta = ctx_lib.shot_theta(ss)
-        self.first_shot_context = ss.get("first_shot_context", "masked")
+        self.first_shot_context = ss.get("first_shot_context", "zeros")
         if self.first_shot_context not in ("masked", "zeros"):
             raise ValueError(f"shotstream.first_shot_context must be 'masked' or 'zeros', "
                              f"got {self.first_shot_context!r}")

@@ -40,6 +40,21 @@ def test_target_velocity_is_slice_of_full_call():
     np.testing.assert_allclose(got, full[:, 6:], rtol=1e-6, atol=1e-6)
 
 
+def test_context_frames_get_the_targets_timestep():
+    """Reference (model/flow_matching.py, Teacher_Ode_Sample.py): the teacher is called with ONE timestep
+    for FrameConcat(context, target), so the clean context frames are fed at the target's t, not at
+    t=0. Written per frame: t_f = t for every f; the t=0-context alternative must differ."""
+    dit = _model()
+    ctx, tgt, text, lay = _inputs()
+    kw = dict(frame_prompt=lay.frame_prompt, frame_pos=lay.frame_pos, frame_shot=lay.frame_shot, shot_theta=1 / 6)
+    got = teacher.teacher_velocity(dit, ctx, tgt, jnp.asarray([700.0]), text, **kw)
+    x = jnp.concatenate([ctx, tgt], 1)
+    per_frame_t = jnp.full((1, 12), 700.0)
+    np.testing.assert_allclose(got, dit(x, per_frame_t, text, **kw)[:, 6:], rtol=1e-5, atol=1e-5)
+    ctx_at_zero = per_frame_t.at[:, :6].set(0.0)
+    assert np.abs(np.asarray(got - dit(x, ctx_at_zero, text, **kw)[:, 6:])).max() > 1e-3
+
+
 def test_multi_caption_routing_single_layer():
     """With one block, self-attention precedes cross-attention, so a frame's output depends on
     the prompts only through its own cross-attention: frames routed to prompt p must equal the

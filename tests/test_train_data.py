@@ -1,4 +1,6 @@
-"""Training data against the reference format (demo/data/sample.csv, utils/dataset.py) and core's context rule."""
+"""Training data against the reference format (demo/data/sample.csv, utils/dataset.py), its target-length rule
+(trainer/*: stride len // 81, at most 81 frames, cut to 4k+1; decord reads at 480x832, a stretch) written
+out here, and core's context rule."""
 import csv
 import json
 import os
@@ -65,20 +67,49 @@ def test_example_follows_next_shot_rule(toy_dir):
     ex = pipeline.build_example(clips[0], cfg, *pipeline.encoders(cfg))
     picks = context.sample_context([30, 85], 6)
     assert ex["context_shot"].tolist() == [k for k, _ in picks]
-    assert ex["context"].shape == (6, 4, 4, 16) and ex["target"].shape == (21, 4, 4, 16)
+    # target: 20 frames -> 17 (4k+1) -> 5 latent frames -> bucket 3 -> its first 9 frames
+    assert ex["context"].shape == (6, 4, 4, 16) and ex["target"].shape == (3, 4, 4, 16)
     assert int(ex["target_shot"]) == 2 and int(ex["num_shots"]) == 3
     assert ex["text"].shape == (5, cfg.model.text_len, cfg.model.text_dim) and not ex["text"][3:].any() and ex["text"][:3].any()
     # a context frame is encoded alone: the toy VAE of that one resized frame
     frames = pipeline.read_video(clips[0].video, 135)
     k, i = picks[-1]
-    one = pipeline.resize_crop(frames[[30 * k + i]], 32, 32)
+    one = pipeline.resize(frames[[30 * k + i]], 32, 32)
     np.testing.assert_allclose(ex["context"][-1], toy.toy_encode_video(one)[0], rtol=1e-5, atol=1e-6)
+    target = toy.toy_encode_video(pipeline.resize(frames[115:124], 32, 32))
+    np.testing.assert_allclose(ex["target"], target, rtol=1e-5, atol=1e-6)
 
 
-def test_target_indices_stride_or_stretch():
+def test_target_keeps_its_true_length():
     np.testing.assert_array_equal(pipeline.target_frame_indices(10, 180, 81), 10 + 2 * np.arange(81))
-    short = pipeline.target_frame_indices(0, 20, 81)
-    assert short[0] == 0 and short[-1] == 19 and len(short) == 81
+    np.testing.assert_array_equal(pipeline.target_frame_indices(0, 20, 81), np.arange(17))
+    np.testing.assert_array_equal(pipeline.target_frame_indices(5, 65, 81), 5 + np.arange(57))
+    np.testing.assert_array_equal(pipeline.target_frame_indices(0, 250, 81), 3 * np.arange(81))
+    buckets = get_config("wan_1_3b", "teacher").data.length_buckets
+    assert [pipeline.bucket_frames(n, buckets) for n in (21, 20, 15, 5, 3)] == [21, 18, 15, 3, 3]
+    with pytest.raises(ValueError, match="shorter than the smallest"):
+        pipeline.bucket_frames(2, buckets)
+
+
+def test_batches_are_cut_to_their_shortest_target():
+    """Examples of 6 and 3 latent frames (and their ODE states) stack into a batch of 3."""
+    import grain
+    exs = [{"target": np.full((n, 2, 2, 16), n, np.float32), "ode": np.ones((4, n, 2, 2, 16), np.float32)}
+           for n in (6, 3)]
+    ds = grain.MapDataset.source(exs).to_iter_dataset().map(pipeline.pad_target).batch(2).map(pipeline.trim_batch)
+    b = next(iter(ds))
+    assert b["target"].shape == (2, 3, 2, 2, 16) and b["ode"].shape == (2, 4, 3, 2, 2, 16)
+    assert b["target_frames"].tolist() == [6, 3] and (b["target"][0] == 6).all()
+
+
+def test_resize_stretches_like_the_reference_or_crops():
+    """A 2-pixel red left border of a 40x48 frame: stretched to 32x32 it stays (decord's resize), cover-scaled and
+    centre-cropped it is cut off."""
+    frame = np.zeros((1, 40, 48, 3), np.uint8)
+    frame[:, :, :2, 0] = 255
+    assert get_config("toy", "teacher").data.resize == "stretch"
+    assert pipeline.resize(frame, 32, 32)[0, :, 0, 0].min() > 0
+    assert pipeline.resize(frame, 32, 32, "crop")[0, :, 0, 0].max() == -1.0
 
 
 def test_pipeline_is_deterministic_and_resumable(toy_dir):
@@ -115,10 +146,10 @@ def test_encoders_from_a_full_model_directory(toy_dir, tmp_path):
     cfg.data.encoder_dir = str(tmp_path / "m")
     clips, _ = manifest.read_manifest(str(toy_dir / "manifest.csv"))
     ex = pipeline.build_example(clips[0], cfg, *pipeline.encoders(cfg))
-    assert ex["context"].shape == (6, 4, 4, 16) and ex["target"].shape == (21, 4, 4, 16)
+    assert ex["context"].shape == (6, 4, 4, 16) and ex["target"].shape == (3, 4, 4, 16)
     np.testing.assert_allclose(ex["text"][0], np.asarray(text_encoder.encode(clips[0].prompts[0])[0]), atol=1e-5)
     frames = pipeline.read_video(clips[0].video, 135)
     k, i = context.sample_context([30, 85], 6)[0]
-    one = pipeline.resize_crop(frames[[30 * k + i]], 32, 32)
+    one = pipeline.resize(frames[[30 * k + i]], 32, 32)
     want = vae.cfg.normalize(vae.encode(one[None]))[0, 0]
     np.testing.assert_allclose(ex["context"][0], np.asarray(want), rtol=1e-4, atol=1e-4)

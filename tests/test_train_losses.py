@@ -70,9 +70,12 @@ def test_critic_loss_is_flow_matching_on_generated_sample():
     assert not np.asarray(gx).any()
 
 
-def test_ode_regression_uses_one_step_per_chunk():
-    """Frames of a chunk share the trajectory index; loss = mse(x0_fn(x_idx, t_idx), clean)."""
-    ode = jnp.arange(4)[:, None, None, None, None] * jnp.ones((4, 6, 1, 1, 2))
+def test_ode_regression_steps_include_t0_which_the_loss_masks():
+    """Reference (model/ode_regression.py, step list [1000, 740, 500, 260, 1001] warped so the last is t=0):
+    one of the 5 trajectory states per chunk (the 5th is the clean latent at t=0), frames of a chunk
+    share it, loss = mse over frames with t > 0 only."""
+    ode = jnp.arange(1, 5)[:, None, None, None, None] * jnp.ones((4, 24, 1, 1, 2))  # state i holds i + 1
+    clean = jnp.zeros((24, 1, 1, 2))
     step_t = jnp.asarray([1000.0, 900.0, 800.0, 700.0])
     seen = {}
 
@@ -80,12 +83,32 @@ def test_ode_regression_uses_one_step_per_chunk():
         seen["x"], seen["t"] = x, t
         return x
 
-    loss = losses.ode_regression_loss(ode, jnp.zeros((6, 1, 1, 2)), jax.random.PRNGKey(0), x0_fn,
-                                      chunk_frames=3, step_t=step_t)
-    idx = np.asarray(seen["x"][:, 0, 0, 0]).astype(int)
-    assert (idx[:3] == idx[0]).all() and (idx[3:] == idx[3]).all()
-    np.testing.assert_allclose(np.asarray(seen["t"]), np.asarray(step_t)[idx])
-    np.testing.assert_allclose(float(loss), np.mean(idx.astype(float) ** 2))
+    key = jax.random.PRNGKey(0)
+    loss = losses.ode_regression_loss(ode, clean, key, x0_fn, chunk_frames=3, step_t=step_t)
+    idx = np.repeat(np.asarray(jax.random.randint(key, (8,), 0, 5)), 3)  # by hand, the same draw
+    assert set(idx) == {0, 1, 2, 3, 4}, "pick a key that draws every state, t=0 included"
+    want_x = np.where(idx < 4, idx + 1, 0)
+    np.testing.assert_array_equal(np.asarray(seen["x"][:, 0, 0, 0]), want_x)
+    np.testing.assert_allclose(np.asarray(seen["t"]), np.array([1000.0, 900.0, 800.0, 700.0, 0.0])[idx])
+    np.testing.assert_allclose(float(loss), np.mean(want_x[idx < 4].astype(float) ** 2), rtol=1e-6)
+
+
+def test_context_and_text_dropout_as_the_reference():
+    """Reference trainers: `random.random() < 0.1` zeroes the context latents and sets their RoPE shot
+    flags to 0 (distillation_frameconcat.py), or zeroes the prompt embeddings (trainer/ode_regression.py)."""
+    from shotstream_jax.train.stages import drop_context, drop_text
+    ex = {"context": jnp.ones((6, 2, 2, 4)), "context_shot": jnp.asarray([0, 0, 1, 1, 2, 2]),
+          "text": jnp.ones((3, 5, 8))}
+    keys = jax.random.split(jax.random.PRNGKey(0), 4000)
+    out = jax.vmap(lambda k: drop_context(ex, k, 0.1))(keys)
+    dropped = np.asarray(out["context"].max(axis=(1, 2, 3, 4)) == 0)
+    assert 0.08 < dropped.mean() < 0.12
+    np.testing.assert_array_equal(np.asarray(out["context_shot"])[dropped], 0)
+    np.testing.assert_array_equal(np.asarray(out["context_shot"])[~dropped], np.broadcast_to(ex["context_shot"],
+                                                                                            ((~dropped).sum(), 6)))
+    assert np.asarray(out["context"])[~dropped].min() == 1
+    txt = np.asarray(jax.vmap(lambda k: drop_text(ex, k, 0.1))(keys)["text"].max(axis=(1, 2, 3)) == 0)
+    assert 0.08 < txt.mean() < 0.12
 
 
 def test_lora_starts_at_the_base_model_and_merges_w_plus_scaled_ab():

@@ -10,6 +10,12 @@ A full generation model (DiT + VAE + umT5 + tokenizer):
 Each source may be the original release layout or the diffusers/transformers
 one (.safetensors/.pth file, folder, or sharded *.index.json); the layout is
 detected from the key names. The output loads back bit-identically.
+
+The other way, a DiT trained or fine-tuned here (a model directory, e.g. a
+training run's WORKDIR/export) back to PyTorch, for the official inference code
+or diffusers (diffusion_pytorch_model.safetensors + config.json):
+  shotstream-convert --export=original --src=runs/inter/export --out=shotstream_wan/
+  shotstream-convert --export=diffusers --src=runs/inter/export --out=shotstream_diffusers/transformer
 """
 import sys
 
@@ -18,7 +24,11 @@ from absl import app, flags
 from shotstream_jax.cli.common import config, define_config_flag, fail
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("src", None, "PyTorch DiT checkpoint: file, directory or *.index.json.")
+flags.DEFINE_string("src", None, "PyTorch DiT checkpoint: file, directory or *.index.json "
+                    "(with --export: a shotstream_jax model directory).")
+flags.DEFINE_enum("export", None, ["original", "diffusers"],
+                  "Write the DiT of the model directory --src as PyTorch safetensors + config.json in the "
+                  "original Wan or the diffusers layout, instead of importing.")
 flags.DEFINE_string("vae", None, "Wan2.1 VAE checkpoint (original Wan2.1_VAE.pth or diffusers AutoencoderKLWan).")
 flags.DEFINE_string("umt5", None, "umT5 encoder (transformers UMT5EncoderModel folder or original Wan .pth).")
 flags.DEFINE_string("tokenizer", None, "umT5 tokenizer.json or spiece.model (default: found beside --umt5).")
@@ -40,6 +50,17 @@ def main(argv):
     from shotstream_jax import convert, model_dir
     from shotstream_jax.convert import CheckpointError
     from shotstream_jax.text import Tokenizer
+    if FLAGS.export:
+        if FLAGS.vae or FLAGS.umt5:
+            raise app.UsageError("--export writes the DiT only; drop --vae/--umt5")
+        from shotstream_jax.convert.dit import export_wan_dit
+        try:
+            dit = model_dir.load_dit(FLAGS.src)
+            export_wan_dit(dit, FLAGS.out, FLAGS.export, overwrite=FLAGS.overwrite)
+        except (CheckpointError, FileExistsError, FileNotFoundError, OSError, ValueError) as e:
+            return fail(PROG, str(e))
+        print(f"wrote the DiT of {FLAGS.src} to {FLAGS.out} ({FLAGS.export} layout)")
+        return 0
     try:
         dit = convert.load_wan_dit(FLAGS.src, param_dtype=FLAGS.param_dtype)
         extra = {}

@@ -6,35 +6,72 @@ original name maps to one parameter of our module tree.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
+import shutil
+import tempfile
 
 import numpy as np
 from flax import nnx
+from safetensors.numpy import save_file
 
 from shotstream_jax.convert.io import CheckpointError, _list_head, fill_module, read_json_config, read_state_dict
 from shotstream_jax.models.wan_dit import WanDiT, WanDiTConfig, abstract_model
 
-# diffusers name -> original Wan name (regex, replacement). `{i}` is the block index.
-DIFFUSERS_TO_WAN = [
-    (r"^scale_shift_table$", "head.modulation"),
-    (r"^proj_out\.", "head.head."),
-    (r"^condition_embedder\.time_embedder\.linear_1\.", "time_embedding.0."),
-    (r"^condition_embedder\.time_embedder\.linear_2\.", "time_embedding.2."),
-    (r"^condition_embedder\.time_proj\.", "time_projection.1."),
-    (r"^condition_embedder\.text_embedder\.linear_1\.", "text_embedding.0."),
-    (r"^condition_embedder\.text_embedder\.linear_2\.", "text_embedding.2."),
-    (r"^blocks\.(\d+)\.attn1\.to_out\.0\.", r"blocks.\1.self_attn.o."),
-    (r"^blocks\.(\d+)\.attn1\.to_([qkv])\.", r"blocks.\1.self_attn.\2."),
-    (r"^blocks\.(\d+)\.attn1\.norm_([qk])\.", r"blocks.\1.self_attn.norm_\2."),
-    (r"^blocks\.(\d+)\.attn2\.to_out\.0\.", r"blocks.\1.cross_attn.o."),
-    (r"^blocks\.(\d+)\.attn2\.to_([qkv])\.", r"blocks.\1.cross_attn.\2."),
-    (r"^blocks\.(\d+)\.attn2\.norm_([qk])\.", r"blocks.\1.cross_attn.norm_\2."),
-    (r"^blocks\.(\d+)\.norm2\.", r"blocks.\1.norm3."),
-    (r"^blocks\.(\d+)\.ffn\.net\.0\.proj\.", r"blocks.\1.ffn.0."),
-    (r"^blocks\.(\d+)\.ffn\.net\.2\.", r"blocks.\1.ffn.2."),
-    (r"^blocks\.(\d+)\.scale_shift_table$", r"blocks.\1.modulation"),
+# diffusers name <-> original Wan name, read both ways. A template ending in '.'
+# renames a prefix, any other names a whole key; {i} is a block index, {qkv} and
+# {qk} one projection letter.
+DIFFUSERS_AND_WAN = [
+    ("scale_shift_table", "head.modulation"),
+    ("proj_out.", "head.head."),
+    ("condition_embedder.time_embedder.linear_1.", "time_embedding.0."),
+    ("condition_embedder.time_embedder.linear_2.", "time_embedding.2."),
+    ("condition_embedder.time_proj.", "time_projection.1."),
+    ("condition_embedder.text_embedder.linear_1.", "text_embedding.0."),
+    ("condition_embedder.text_embedder.linear_2.", "text_embedding.2."),
+    ("blocks.{i}.attn1.to_out.0.", "blocks.{i}.self_attn.o."),
+    ("blocks.{i}.attn1.to_{qkv}.", "blocks.{i}.self_attn.{qkv}."),
+    ("blocks.{i}.attn1.norm_{qk}.", "blocks.{i}.self_attn.norm_{qk}."),
+    ("blocks.{i}.attn2.to_out.0.", "blocks.{i}.cross_attn.o."),
+    ("blocks.{i}.attn2.to_{qkv}.", "blocks.{i}.cross_attn.{qkv}."),
+    ("blocks.{i}.attn2.norm_{qk}.", "blocks.{i}.cross_attn.norm_{qk}."),
+    ("blocks.{i}.norm2.", "blocks.{i}.norm3."),
+    ("blocks.{i}.ffn.net.0.proj.", "blocks.{i}.ffn.0."),
+    ("blocks.{i}.ffn.net.2.", "blocks.{i}.ffn.2."),
+    ("blocks.{i}.scale_shift_table", "blocks.{i}.modulation"),
 ]
+_FIELDS = {"i": r"\d+", "qkv": "[qkv]", "qk": "[qk]"}
+
+
+def _template_regex(tpl: str) -> re.Pattern:
+    rx = re.escape(tpl)
+    for name, cls in _FIELDS.items():
+        rx = rx.replace(re.escape("{" + name + "}"), f"(?P<{name}>{cls})")
+    return re.compile("^" + rx + ("" if tpl.endswith(".") else "$"))
+
+
+def _renamer(pairs):
+    rules = [(_template_regex(a), b) for a, b in pairs]
+
+    def rename(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {}
+        for k, v in sd.items():
+            for rx, dst in rules:
+                if m := rx.match(k):
+                    k = dst.format(**m.groupdict()) + k[m.end():]
+                    break
+            out[k] = v
+        return out
+
+    return rename
+
+
+to_wan_names = _renamer(DIFFUSERS_AND_WAN)
+to_wan_names.__doc__ = "Rename diffusers keys to the original Wan names; keys that match no rule are kept."
+to_diffusers_names = _renamer([(b, a) for a, b in DIFFUSERS_AND_WAN])
+to_diffusers_names.__doc__ = "Rename original Wan keys to the diffusers names."
 
 # original Wan name -> (our parameter path, how to convert the tensor).
 # 'linear': torch [out, in] -> [in, out]; 'conv3d': [D, C, pt, ph, pw] ->
@@ -82,6 +119,18 @@ def _convert(kind: str, x: np.ndarray) -> np.ndarray:
     return x
 
 
+def _unconvert(kind: str, x: np.ndarray, torch_shape: tuple) -> np.ndarray:
+    """Inverse of `_convert`, back to the PyTorch shape."""
+    if kind == "linear":
+        return x.T
+    if kind == "conv3d":
+        d, c, pt, ph, pw = torch_shape
+        return x.reshape(pt, ph, pw, c, d).transpose(4, 3, 0, 1, 2)
+    if kind == "squeeze0":
+        return x[None]
+    return x
+
+
 def strip_prefix(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Drop a wrapper prefix ('model.', 'module.', ...) shared by every key."""
     for p in _PREFIXES:
@@ -97,19 +146,6 @@ def detect_layout(sd: dict[str, np.ndarray]) -> str:
         return "wan"
     raise ValueError("neither the original Wan nor the diffusers key layout "
                      f"(first keys: {_list_head(sd, 5)})")
-
-
-def to_wan_names(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Rename diffusers keys to the original Wan names; keys that match no rule are kept."""
-    out = {}
-    for k, v in sd.items():
-        for pat, rep in DIFFUSERS_TO_WAN:
-            new, n = re.subn(pat, rep, k)
-            if n:
-                k = new
-                break
-        out[k] = v
-    return out
 
 
 def infer_config(sd: dict[str, np.ndarray], json_cfg: dict | None, **overrides) -> WanDiTConfig:
@@ -224,3 +260,67 @@ def load_wan_dit(path: str, **config_overrides) -> WanDiT:
                                    f"(names given in the original Wan layout): " + "; ".join(parts))
     params = wan_state_to_params(sd, cfg, src)
     return fill_module(lambda: WanDiT(cfg, rngs=nnx.Rngs(0)), params, src)
+
+
+def params_to_wan_state(dit: WanDiT) -> dict[str, np.ndarray]:
+    """Our module's parameters -> the original Wan state dict (the tables above read backwards)."""
+    cfg = dit.cfg
+    flat = {".".join(map(str, path)): np.asarray(var.get_value())
+            for path, var in nnx.to_flat_state(nnx.state(dit, nnx.Param))}
+    pt, ph, pw = cfg.patch_size
+    conv_shape = (cfg.dim, cfg.in_channels, pt, ph, pw)
+    sd = {}
+    for name, (ours, kind) in GLOBAL_KEYS.items():
+        sd[name] = _unconvert(kind, flat[ours], conv_shape)
+    for name, (ours, kind) in BLOCK_KEYS.items():
+        key = f"blocks.{ours}"
+        if key in flat:
+            for i in range(cfg.num_layers):
+                sd[f"blocks.{i}.{name}"] = _unconvert(kind, flat[key][i], conv_shape)
+    return {k: np.ascontiguousarray(v) for k, v in sd.items()}
+
+
+def wan_json_config(cfg: WanDiTConfig) -> dict:
+    """config.json of the original Wan release (`WanModel`)."""
+    return {"_class_name": "WanModel", "model_type": "t2v", "patch_size": list(cfg.patch_size),
+            "text_len": cfg.text_len, "in_dim": cfg.in_channels, "dim": cfg.dim, "ffn_dim": cfg.ffn_dim,
+            "freq_dim": cfg.freq_dim, "text_dim": cfg.text_dim, "out_dim": cfg.out_channels,
+            "num_heads": cfg.num_heads, "num_layers": cfg.num_layers, "window_size": [-1, -1],
+            "qk_norm": cfg.qk_norm, "cross_attn_norm": cfg.cross_attn_norm, "eps": cfg.eps}
+
+
+def diffusers_json_config(cfg: WanDiTConfig) -> dict:
+    """config.json of diffusers' `WanTransformer3DModel`."""
+    return {"_class_name": "WanTransformer3DModel", "patch_size": list(cfg.patch_size),
+            "num_attention_heads": cfg.num_heads, "attention_head_dim": cfg.dim // cfg.num_heads,
+            "in_channels": cfg.in_channels, "out_channels": cfg.out_channels, "text_dim": cfg.text_dim,
+            "freq_dim": cfg.freq_dim, "ffn_dim": cfg.ffn_dim, "num_layers": cfg.num_layers,
+            "cross_attn_norm": cfg.cross_attn_norm, "qk_norm": "rms_norm_across_heads" if cfg.qk_norm else None,
+            "eps": cfg.eps, "image_dim": None, "added_kv_proj_dim": None, "rope_max_seq_len": 1024}
+
+
+def export_wan_dit(dit: WanDiT, out_dir: str, layout: str, *, overwrite: bool = False) -> str:
+    """Write `dit` as `out_dir/diffusion_pytorch_model.safetensors` + `config.json` in the original Wan
+    (`layout='original'`) or the diffusers layout; written to a temporary folder, then renamed."""
+    if layout not in ("original", "diffusers"):
+        raise ValueError(f"export layout must be 'original' or 'diffusers', got {layout!r}")
+    if os.path.exists(out_dir) and not overwrite:
+        raise FileExistsError(f"{out_dir}: exists; pass --overwrite to replace it")
+    sd = params_to_wan_state(dit)
+    config = wan_json_config(dit.cfg)
+    if layout == "diffusers":
+        sd, config = to_diffusers_names(sd), diffusers_json_config(dit.cfg)
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    try:
+        save_file(sd, os.path.join(tmp, "diffusion_pytorch_model.safetensors"))
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+        if os.path.exists(out_dir):
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

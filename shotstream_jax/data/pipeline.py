@@ -7,16 +7,22 @@ its own 1-frame clip:
 
     context      f32[Fc, h, w, 16]   latents of the context frames
     context_shot i32[Fc]             source shot of each context frame
-    target       f32[Ft, h, w, 16]   latents of the target shot (Ft = shot_latent_frames)
+    target       f32[Ft, h, w, 16]   latents of the target shot at its true length (bucketed, below)
     target_shot  i32[]               index of the target shot
     text         f32[P, L, Dt]       prompt embedding of every shot (P = data.max_shots, zero-padded)
     num_shots    i32[]
 
-The target shot is brought to exactly `video.shot_frames` pixel frames (every
-k-th frame of a long shot, as the reference does, and nearest-frame stretching
-of a short one) so that every batch has one shape and the step compiles once.
-The example is a deterministic function of the row, so the pre-encoded form
-(`preencode.py`) stores it whole and training reads it back directly.
+The target shot keeps its true length as in the reference: a shot of at least
+`video.shot_frames` (81) frames is strided by len // 81 and cut to 81, a
+shorter one kept, then cut to 4k+1 frames; its latent length is then cut down
+to the longest of `data.length_buckets` it fills (multiples of the 3-frame
+chunk), so that a handful of compiles serve every batch. Examples are padded
+in time to stack and each batch is cut back to its shortest example
+(`pad_target`, `trim_batch`). Frames are resized to the training size as the
+reference's reader does (stretched, `data.resize="stretch"`), or scaled to
+cover and centre-cropped (`"crop"`). The example is a deterministic function
+of the row, so the pre-encoded form (`preencode.py`) stores it whole and
+training reads it back directly.
 """
 from __future__ import annotations
 
@@ -61,23 +67,74 @@ def read_video(path: str, num_frames: int) -> np.ndarray:
     return np.stack(frames)
 
 
-def resize_crop(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-    """uint8[T, H, W, 3] -> f32[T, height, width, 3] in [-1, 1]: scale to cover, centre crop."""
+# Latent frames every example is padded to before batching: 81 pixel frames, the reference's restrict_max_length.
+MAX_LATENT_FRAMES = 21
+
+
+def resize(frames: np.ndarray, height: int, width: int, mode: str = "stretch") -> np.ndarray:
+    """uint8[T, H, W, 3] -> f32[T, height, width, 3] in [-1, 1].
+
+    "stretch": straight to height x width (the reference reads videos with
+    decord at 480x832); "crop": scale to cover, centre crop (keeps the aspect).
+    """
+    if mode not in ("stretch", "crop"):
+        raise ValueError(f"data.resize must be 'stretch' or 'crop', got {mode!r}")
     _, h, w, _ = frames.shape
-    scale = max(height / h, width / w)
-    rh, rw = max(height, round(h * scale)), max(width, round(w * scale))
-    top, left = (rh - height) // 2, (rw - width) // 2
+    rh, rw, top, left = height, width, 0, 0
+    if mode == "crop":
+        scale = max(height / h, width / w)
+        rh, rw = max(height, round(h * scale)), max(width, round(w * scale))
+        top, left = (rh - height) // 2, (rw - width) // 2
     out = np.stack([np.asarray(Image.fromarray(f).resize((rw, rh), Image.BILINEAR))[top:top + height, left:left + width]
                     for f in frames])
     return out.astype(np.float32) / 127.5 - 1.0
 
 
-def target_frame_indices(start: int, end: int, n: int) -> np.ndarray:
-    """`n` frame indices of the shot [start, end): stride len//n when long enough, else stretched."""
-    length = end - start
-    if length >= n:
-        return start + np.arange(n) * (length // n)
-    return start + np.round(np.linspace(0, length - 1, n)).astype(np.int64)
+def target_frame_indices(start: int, end: int, max_frames: int) -> np.ndarray:
+    """Pixel frames of the target shot [start, end), the reference's rule: every (len // max_frames)-th
+    frame and at most `max_frames` of them when the shot is that long, then cut to 4k+1 frames."""
+    idx = np.arange(start, end)
+    if len(idx) >= max_frames:
+        idx = idx[::len(idx) // max_frames][:max_frames]
+    return idx[:(len(idx) - 1) // 4 * 4 + 1]
+
+
+def bucket_frames(latent_frames: int, buckets) -> int:
+    """The longest bucket (latent frames) that `latent_frames` fills; ValueError when the shot is too short."""
+    fits = [b for b in buckets if b <= latent_frames]
+    if not fits:
+        raise ValueError(f"target shot of {latent_frames} latent frames is shorter than the smallest length "
+                         f"bucket {min(buckets)}")
+    return max(fits)
+
+
+def pad_target(ex):
+    """Pad `target` (and the ODE states) in time to MAX_LATENT_FRAMES so that examples stack;
+    `target_frames` keeps the true length. None (a broken example) passes through."""
+    if ex is None:
+        return None
+    n = ex["target"].shape[0]
+    if n > MAX_LATENT_FRAMES:
+        raise ValueError(f"target of {n} latent frames is longer than {MAX_LATENT_FRAMES} (81 pixel frames)")
+
+    def pad(x, axis):
+        widths = [(0, 0)] * x.ndim
+        widths[axis] = (0, MAX_LATENT_FRAMES - n)
+        return np.pad(x, widths)
+
+    out = dict(ex, target=pad(ex["target"], 0), target_frames=np.int32(n))
+    if "ode" in ex:
+        out["ode"] = pad(ex["ode"], 1)
+    return out
+
+
+def trim_batch(batch):
+    """Cut a stacked batch back to its shortest target: one bucket's length per batch."""
+    n = int(np.min(batch["target_frames"]))
+    out = dict(batch, target=batch["target"][:, :n])
+    if "ode" in batch:
+        out["ode"] = batch["ode"][:, :, :n]
+    return out
 
 
 def context_frame_indices(ranges, budget: int) -> tuple[np.ndarray, np.ndarray]:
@@ -94,12 +151,12 @@ def build_example(clip: manifest.Clip, cfg, encode_video: Callable, encode_text:
     frames = read_video(clip.video, ranges[-1][1])
     ctx_idx, ctx_shot = context_frame_indices(ranges[:-1], s.context_frames)
     tgt_idx = target_frame_indices(*ranges[-1], v.shot_frames)
-    pixels = resize_crop(frames[np.concatenate([ctx_idx, tgt_idx])], v.height, v.width)
+    latent_frames = bucket_frames((len(tgt_idx) - 1) // 4 + 1,
+                                  [b for b in cfg.data.length_buckets if b <= s.shot_latent_frames])
+    tgt_idx = tgt_idx[:4 * (latent_frames - 1) + 1]
+    pixels = resize(frames[np.concatenate([ctx_idx, tgt_idx])], v.height, v.width, cfg.data.resize)
     context = np.concatenate([encode_video(p[None]) for p in pixels[:len(ctx_idx)]])
     target = encode_video(pixels[len(ctx_idx):])
-    if target.shape[0] != s.shot_latent_frames:
-        raise ValueError(f"video.shot_frames={v.shot_frames} encodes to {target.shape[0]} latent frames, "
-                         f"config says shotstream.shot_latent_frames={s.shot_latent_frames}")
     max_shots = cfg.data.max_shots
     text = np.zeros((max_shots, cfg.model.text_len, cfg.model.text_dim), np.float32)
     text[:min(len(ranges), max_shots)] = encode_text(list(clip.prompts[:max_shots]))
@@ -204,4 +261,4 @@ def dataset(src, batch_size: int, seed: int, process_index: int = 0, process_cou
     ds = ds.seed(seed).shuffle().repeat(None)
     # Few decoding threads: video decoding shares the host's cores with the input transfers.
     return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * batch_size)
-                              ).batch(batch_size)
+                              ).map(pad_target).batch(batch_size).map(trim_batch)

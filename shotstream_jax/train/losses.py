@@ -53,11 +53,18 @@ def ode_regression_loss(ode: jax.Array, clean: jax.Array, key: jax.Array, x0_fn:
     """Student regression on a teacher trajectory (`model/ode_regression.py`).
 
     ode [S, T, h, w, C] holds the teacher's latents at the student's S timesteps
-    `step_t` f32[S]; one step index per chunk of `chunk_frames` frames picks the
-    student's input; x0_fn(x [T,...], t f32[T]) -> x0 [T,...] is regressed onto `clean`.
+    `step_t` f32[S]; the trajectory ends with `clean` at t=0 (the reference's
+    step list [1000, 740, 500, 260, 1001] warps its last entry to t=0). One of the
+    S + 1 states per chunk of `chunk_frames` frames is the student's input;
+    x0_fn(x [T,...], t f32[T]) -> x0 [T,...] is regressed onto `clean` over the
+    frames with t > 0 (t=0 chunks are only context for the later ones).
     """
     s, f = ode.shape[:2]
-    idx = jnp.repeat(jax.random.randint(key, (f // chunk_frames,), 0, s), chunk_frames)
-    x = ode[idx, jnp.arange(f)]
-    pred = x0_fn(x, step_t[idx])
-    return jnp.mean(jnp.square(pred.astype(jnp.float32) - clean.astype(jnp.float32)))
+    traj = jnp.concatenate([ode, clean[None].astype(ode.dtype)])
+    ts = jnp.concatenate([jnp.asarray(step_t, jnp.float32), jnp.zeros((1,), jnp.float32)])
+    idx = jnp.repeat(jax.random.randint(key, (f // chunk_frames,), 0, s + 1), chunk_frames)
+    t = ts[idx]
+    pred = x0_fn(traj[idx, jnp.arange(f)], t)
+    per_frame = jnp.mean(jnp.square(pred.astype(jnp.float32) - clean.astype(jnp.float32)), axis=(1, 2, 3))
+    noisy = (t > 0).astype(jnp.float32)
+    return jnp.sum(per_frame * noisy) / jnp.maximum(jnp.sum(noisy), 1.0)

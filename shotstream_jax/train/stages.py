@@ -1,18 +1,19 @@
 """The training stages as jitted, sharded step functions over explicit state pytrees.
 
 A stage owns:
-  state   checkpointed pytree: {'step', 'gen', 'gen_frozen', 'gen_opt'[, 'critic', 'critic_opt']}
+  state   checkpointed pytree: {'step', 'gen', 'gen_frozen', 'gen_opt'[, 'critic', 'critic_frozen', 'critic_opt']}
           (pure parameter dicts of the trained networks and their optax states);
-  consts  frozen inputs re-made on resume: the teacher's parameters (real score)
-          and the unconditional text embedding;
-and `step(state, consts, batch) -> (state, metrics)`, compiled once. The RNG of
-step s is fold_in(seed, s), so a resumed run draws the same numbers.
+  consts  frozen inputs re-made on resume: the teacher's parameters (real score),
+          the unconditional text embedding (and in dmd_inter the VAE);
+and `step(state, consts, batch) -> (state, metrics)`, compiled once per length
+bucket of the batches. The RNG of update s (state['step']) is fold_in(seed, s),
+so a resumed run draws the same numbers.
 
 Networks:
   teacher    bidirectional next-shot DiT over FrameConcat(context, target) (models/teacher.py);
   generator  the causal student (models/student.py): Self-Forcing rollouts with
              the dual KV cache for DMD, the block-causal full-sequence pass for ODE init;
-  critic     fake score, initialised from the teacher.
+  critic     fake score, initialised from the teacher (LoRA over it in dmd_inter).
 """
 from __future__ import annotations
 
@@ -134,6 +135,18 @@ def _rope_shots(context_shot: jax.Array, t: int) -> jax.Array:
     return jnp.concatenate([context_shot, jnp.full((t,), context_shot[-1] + 1, jnp.int32)])
 
 
+def drop_context(ex, key: jax.Array, rate: float):
+    """The reference's context dropout: with probability `rate` the context latents become
+    zeros and every context frame RoPE shot 0 (so the target sits in shot 1)."""
+    drop = jax.random.uniform(key) < rate
+    return dict(ex, context=jnp.where(drop, 0.0, ex["context"]), context_shot=jnp.where(drop, 0, ex["context_shot"]))
+
+
+def drop_text(ex, key: jax.Array, rate: float):
+    """Text dropout (for CFG): with probability `rate` every prompt embedding becomes zeros."""
+    return dict(ex, text=jnp.where(jax.random.uniform(key) < rate, 0.0, ex["text"]))
+
+
 def teacher_x0_fns(cfg, dit: WanDiT, ex, uncond: jax.Array, guidance: float):
     """Score functions of a bidirectional net (teacher or critic) on `ex`'s context, one t for all frames.
 
@@ -222,7 +235,7 @@ class Stage:
         self.gen = Net(cfg, cfg.train.trainable)
         self.tx = optimizer(cfg, cfg.train.lr, cfg.train.clip_norm)
         if self.two_nets:
-            self.critic = Net(cfg, "all")
+            self.critic = Net(cfg, cfg.train.critic_trainable)
             self.tx_critic = optimizer(cfg, cfg.train.lr_critic, cfg.train.clip_norm_critic)
 
     # -- state
@@ -235,7 +248,10 @@ class Stage:
         state = {"step": jnp.zeros((), jnp.int32), "gen": trained, "gen_frozen": frozen,
                  "gen_opt": self.tx.init(trained)}
         if self.two_nets:
-            state.update(critic=critic_params, critic_opt=self.tx_critic.init(critic_params))
+            critic, critic_frozen = self.critic.split(critic_params)
+            if self.critic.kind == "lora":
+                critic = lora_lib.init(critic_frozen, cfg.train.lora_rank, jax.random.fold_in(key, 1))
+            state.update(critic=critic, critic_frozen=critic_frozen, critic_opt=self.tx_critic.init(critic))
         return state
 
     def teacher_params(self) -> dict:
@@ -243,12 +259,12 @@ class Stage:
         return dit_params(self.cfg, self.mesh, self.cfg.train.teacher_dir, self.cfg.train.seed + 1)
 
     def _names(self, abstract_state):
-        n = {"step": (), "gen": self.gen.names["train"], "gen_frozen": self.gen.names["frozen"]}
-        if self.gen.kind == "lora":
-            n["gen"] = lora_lib.names(abstract_state["gen"], self.gen.names["all"])
-            n["gen_frozen"] = self.gen.names["all"]
-        if self.two_nets:
-            n["critic"] = self.critic.names["all"]
+        n = {"step": ()}
+        for net, key in ((self.gen, "gen"),) + (((self.critic, "critic"),) if self.two_nets else ()):
+            n[key], n[key + "_frozen"] = net.names["train"], net.names["frozen"]
+            if net.kind == "lora":
+                n[key] = lora_lib.names(abstract_state[key], net.names["all"])
+                n[key + "_frozen"] = net.names["all"]
         return n
 
     def state_shardings(self, abstract_state):
@@ -298,12 +314,21 @@ class Stage:
     def _key(self, state):
         return jax.random.fold_in(jax.random.PRNGKey(self.cfg.train.seed), state["step"])
 
-    def _update(self, state, loss_fn, batch, key, net="gen"):
+    def _apply(self, state, net, loss_fn, batch, weight):
+        """Weighted batch mean of loss_fn(params, ex, key) -> (loss, aux, x), gradient step on `net`."""
         tx = self.tx if net == "gen" else self.tx_critic
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state[net], batch, key)
+        b = weight.shape[0]
+        norm = jnp.maximum(jnp.sum(weight), 1.0)
+
+        def total(params):
+            ls, aux, x = jax.vmap(lambda ex, k: loss_fn(params, ex, k))(batch, jax.random.split(self._key(state), b))
+            return jnp.sum(ls * weight) / norm, (jax.tree.map(lambda a: jnp.sum(a * weight) / norm, aux), x)
+
+        (loss, (aux, x)), grads = jax.value_and_grad(total, has_aux=True)(state[net])
         updates, opt = tx.update(grads, state[net + "_opt"], state[net])
-        aux = dict(aux, grad_norm=optax.global_norm(grads))
-        return {**state, net: optax.apply_updates(state[net], updates), net + "_opt": opt}, loss, aux
+        state = {**state, net: optax.apply_updates(state[net], updates), net + "_opt": opt,
+                 "step": state["step"] + 1}
+        return state, loss, dict(aux, grad_norm=optax.global_norm(grads)), x
 
     def export(self, state, out_dir: str) -> None:
         """Write the trained network as a model directory (LoRA merged in)."""
@@ -311,11 +336,9 @@ class Stage:
         model_dir.save(out_dir, self.gen.module(host["gen"], host["frozen"]), config=self.cfg, overwrite=True)
 
 
-def _batch_mean(fn, batch, key):
-    """Mean over the batch of fn(example, key) -> (loss, aux dict)."""
-    b = jax.tree.leaves(batch)[0].shape[0]
-    losses_, aux = jax.vmap(fn)(batch, jax.random.split(key, b))
-    return jnp.mean(losses_), jax.tree.map(jnp.mean, aux)
+def _ones(batch) -> jax.Array:
+    """Weight 1 for every example of the batch."""
+    return jnp.ones((jax.tree.leaves(batch)[0].shape[0],), jnp.float32)
 
 
 class TeacherStage(Stage):
@@ -323,28 +346,22 @@ class TeacherStage(Stage):
 
     def step(self, state, consts, batch):
         cfg, net = self.cfg, self.gen
-        t_frames = cfg.shotstream.shot_latent_frames
+        t_frames = batch["target"].shape[1]  # this batch's length bucket
 
-        def loss_fn(trained, batch, key):
-            def one(ex, k):
-                k_c, k_t, k_loss = jax.random.split(k, 3)
-                drop_ctx = jax.random.uniform(k_c) < cfg.train.context_dropout
-                drop_txt = jax.random.uniform(k_t) < cfg.train.text_dropout
-                ctx = jnp.where(drop_ctx, 0.0, ex["context"])
-                shots = jnp.where(drop_ctx, 0, ex["context_shot"])
-                text = jnp.where(drop_txt, 0.0, _text_slots(ex))
-                dit = net.module(trained, state["gen_frozen"])
-                fc = ctx.shape[0]
-                loss, _ = teacher_lib.teacher_loss(
-                    dit, k_loss, ctx[None], ex["target"][None], text[None],
-                    frame_prompt=_frame_prompt(fc, t_frames), frame_pos=np.arange(fc + t_frames),
-                    frame_shot=_rope_shots(shots, t_frames), shot_theta=context_lib.shot_theta(cfg.shotstream),
-                    shift=cfg.shotstream.timestep_shift)
-                return loss, {}
-            return _batch_mean(one, batch, key)
+        def loss_fn(trained, ex, k):
+            k_c, k_t, k_loss = jax.random.split(k, 3)
+            ex = drop_text(drop_context(ex, k_c, cfg.train.context_dropout), k_t, cfg.train.text_dropout)
+            dit = net.module(trained, state["gen_frozen"])
+            fc = ex["context"].shape[0]
+            loss, _ = teacher_lib.teacher_loss(
+                dit, k_loss, ex["context"][None], ex["target"][None], _text_slots(ex)[None],
+                frame_prompt=_frame_prompt(fc, t_frames), frame_pos=np.arange(fc + t_frames),
+                frame_shot=_rope_shots(ex["context_shot"], t_frames), shot_theta=context_lib.shot_theta(cfg.shotstream),
+                shift=cfg.shotstream.timestep_shift)
+            return loss, {}, None
 
-        state, loss, aux = self._update(state, loss_fn, batch, self._key(state))
-        return {**state, "step": state["step"] + 1}, {"loss": loss, "flow_loss": loss, **aux}
+        state, loss, aux, _ = self._apply(state, "gen", loss_fn, batch, _ones(batch))
+        return state, {"loss": loss, "flow_loss": loss, **aux}
 
 
 class OdeInitStage(Stage):
@@ -354,27 +371,28 @@ class OdeInitStage(Stage):
         cfg, net = self.cfg, self.gen
         step_t = jnp.asarray(schedule.student_timesteps(cfg.shotstream.denoising_steps, cfg.shotstream.timestep_shift))
 
-        def loss_fn(trained, batch, key):
-            def one(ex, k):
-                dit = net.module(trained, state["gen_frozen"])
+        def loss_fn(trained, ex, k):
+            k_txt, k = jax.random.split(k)
+            ex = drop_text(ex, k_txt, cfg.train.text_dropout)
+            dit = net.module(trained, state["gen_frozen"])
 
-                def x0_fn(x, t):
-                    v = student_velocity(cfg, dit, ex, x, t)
-                    return schedule.x0_from_velocity(x, v, t, cfg.shotstream.timestep_shift)
+            def x0_fn(x, t):
+                v = student_velocity(cfg, dit, ex, x, t)
+                return schedule.x0_from_velocity(x, v, t, cfg.shotstream.timestep_shift)
 
-                return losses.ode_regression_loss(ex["ode"], ex["target"], k, x0_fn,
-                                                  chunk_frames=cfg.shotstream.chunk_frames, step_t=step_t), {}
-            return _batch_mean(one, batch, key)
+            return losses.ode_regression_loss(ex["ode"], ex["target"], k, x0_fn,
+                                              chunk_frames=cfg.shotstream.chunk_frames, step_t=step_t), {}, None
 
-        state, loss, aux = self._update(state, loss_fn, batch, self._key(state))
-        return {**state, "step": state["step"] + 1}, {"loss": loss, "ode_loss": loss, **aux}
+        state, loss, aux, _ = self._apply(state, "gen", loss_fn, batch, _ones(batch))
+        return state, {"loss": loss, "ode_loss": loss, **aux}
 
 
 class DmdStage(Stage):
     """Intra-shot DMD: ground-truth context, the student rolls the target shot out.
 
     Steps alternate: step s updates the generator when s % (critic_steps + 1)
-    == 0 and the critic otherwise (5 critic updates per generator update).
+    == 0 and the critic otherwise (5 critic updates per generator update, the
+    reference's dfake_gen_update_ratio 6).
     """
 
     two_nets = True
@@ -384,85 +402,163 @@ class DmdStage(Stage):
         return {"real": self.teacher_params(),
                 "uncond": jax.device_put(negative_embedding(cfg), sharding.replicated(self.mesh))}
 
-    def _generated(self, state, ex, key, grad: bool):
-        """Rolled-out target latents of the example ([T, h, w, C]) and the example it conditions on."""
+    def _generated(self, state, ex, key):
+        """Rolled-out target latents of the example ([T, h, w, C]) and the example it conditions on
+        (after context dropout, which the generator and both scores then share, as in the reference)."""
+        k_drop, k_roll = jax.random.split(key)
+        ex = drop_context(ex, k_drop, self.cfg.train.context_dropout)
         dit = self.gen.module(state["gen"], state["gen_frozen"])
-        return rollout(self.cfg, dit, ex, key), ex
+        return rollout(self.cfg, dit, ex, k_roll), ex
 
-    def _teacher_fns(self, consts, critic_params, ex):
+    def _teacher_fns(self, consts, critic, critic_frozen, ex):
         real = nnx.merge(self.critic.full_graphdef, consts["real"])
-        fake = nnx.merge(self.critic.full_graphdef, critic_params)
+        fake = self.critic.module(critic, critic_frozen)
         real_cfg, _, _ = teacher_x0_fns(self.cfg, real, ex, consts["uncond"], self.cfg.train.guidance_scale)
         _, fake_x0, fake_v = teacher_x0_fns(self.cfg, fake, ex, consts["uncond"], 0.0)
         return real_cfg, fake_x0, fake_v
 
     def step(self, state, consts, batch):
+        state, metrics, _ = self.update(state, consts, batch, _ones(batch))
+        return state, metrics
+
+    def update(self, state, consts, batch, weight):
+        """One optimiser step (generator or critic by the step counter) on the examples of `batch`
+        weighted by `weight` f32[B]; returns (state, metrics, the rolled-out latents [B, T, h, w, C])."""
         is_gen = state["step"] % (self.cfg.train.critic_steps + 1) == 0
-        return jax.lax.cond(is_gen, self.generator_step, self.critic_step, state, consts, batch)
+        return jax.lax.cond(is_gen, self.generator_update, self.critic_update, state, consts, batch, weight)
 
-    def generator_step(self, state, consts, batch):
+    def generator_update(self, state, consts, batch, weight):
         t = self.cfg.train
 
-        def loss_fn(trained, batch, key):
-            def one(ex, k):
-                k_roll, k_dmd = jax.random.split(k)
-                x, ex = self._generated({**state, "gen": trained}, ex, k_roll, grad=True)
-                real_x0, fake_x0, _ = self._teacher_fns(consts, state["critic"], ex)
-                return losses.dmd_generator_loss(x, k_dmd, real_x0, fake_x0, min_t=t.min_t, max_t=t.max_t,
-                                                 shift=self.cfg.shotstream.timestep_shift)
-            return _batch_mean(one, batch, key)
+        def loss_fn(trained, ex, k):
+            k_roll, k_dmd = jax.random.split(k)
+            x, ex = self._generated({**state, "gen": trained}, ex, k_roll)
+            real_x0, fake_x0, _ = self._teacher_fns(consts, state["critic"], state["critic_frozen"], ex)
+            loss, aux = losses.dmd_generator_loss(x, k_dmd, real_x0, fake_x0, min_t=t.min_t, max_t=t.max_t,
+                                                  shift=self.cfg.shotstream.timestep_shift)
+            return loss, aux, jax.lax.stop_gradient(x)
 
-        state, loss, aux = self._update(state, loss_fn, batch, self._key(state))
-        metrics = {"loss": loss, "generator_loss": loss, "critic_loss": jnp.float32(jnp.nan),
-                   "is_generator_step": jnp.int32(1), **aux}
-        return {**state, "step": state["step"] + 1}, metrics
+        state, loss, aux, x = self._apply(state, "gen", loss_fn, batch, weight)
+        return state, {"loss": loss, "generator_loss": loss, "critic_loss": jnp.float32(jnp.nan),
+                       "is_generator_step": jnp.int32(1), **aux}, x
 
-    def critic_step(self, state, consts, batch):
+    def critic_update(self, state, consts, batch, weight):
         t = self.cfg.train
 
-        def loss_fn(critic, batch, key):
-            def one(ex, k):
-                k_roll, k_c = jax.random.split(k)
-                x, ex = self._generated(state, ex, k_roll, grad=False)
-                _, _, fake_v = self._teacher_fns(consts, critic, ex)
-                return losses.critic_loss(x, k_c, fake_v, min_t=t.min_t, max_t=t.max_t,
-                                          shift=self.cfg.shotstream.timestep_shift), {}
-            return _batch_mean(one, batch, key)
+        def loss_fn(critic, ex, k):
+            k_roll, k_c = jax.random.split(k)
+            x, ex = self._generated(state, ex, k_roll)
+            x = jax.lax.stop_gradient(x)
+            _, _, fake_v = self._teacher_fns(consts, critic, state["critic_frozen"], ex)
+            return losses.critic_loss(x, k_c, fake_v, min_t=t.min_t, max_t=t.max_t,
+                                      shift=self.cfg.shotstream.timestep_shift), {}, x
 
-        state, loss, aux = self._update(state, loss_fn, batch, self._key(state), net="critic")
-        metrics = {"loss": loss, "generator_loss": jnp.float32(jnp.nan), "critic_loss": loss,
-                   "is_generator_step": jnp.int32(0), "dmd_grad_abs": jnp.float32(jnp.nan),
-                   "dmd_t": jnp.float32(jnp.nan), **aux}
-        return {**state, "step": state["step"] + 1}, metrics
+        state, loss, aux, x = self._apply(state, "critic", loss_fn, batch, weight)
+        return state, {"loss": loss, "generator_loss": jnp.float32(jnp.nan), "critic_loss": loss,
+                       "is_generator_step": jnp.int32(0), "dmd_grad_abs": jnp.float32(jnp.nan),
+                       "dmd_t": jnp.float32(jnp.nan), **aux}, x
+
+
+def vae_params(cfg, mesh) -> tuple:
+    """(graphdef, parameters) of the Wan VAE that decodes and re-encodes generated shots in dmd_inter:
+    the one of `data.encoder_dir`, or (toy runs without one) the default model's tiny VAE."""
+    from shotstream_jax.models.wan_vae import WanVAE
+    if cfg.data.encoder_dir:
+        _, _, vae, _ = model_dir.load_pipeline(cfg.data.encoder_dir)
+    elif cfg.size == "toy":
+        from shotstream_jax import default_model
+        vae = WanVAE(default_model.VAE, rngs=nnx.Rngs(cfg.train.seed + 2))
+    else:
+        raise ValueError(f"dmd_inter with size {cfg.size!r} decodes and re-encodes generated shots with the Wan VAE: "
+                         f"set --config.data.encoder_dir to a full model directory (shotstream-convert --vae=...)")
+    graphdef, params = nnx.split(vae, nnx.Param)
+    return graphdef, jax.device_put(params.to_pure_dict(), sharding.replicated(mesh))
+
+
+def context_picks(max_shots: int, shot_pixels: int, budget: int) -> np.ndarray:
+    """Static table of the dynamic sampling rule: row i = (shot, pixel frame) of the `budget` context
+    frames of shot i given i finished shots of `shot_pixels` frames (row 0, no history, unused)."""
+    table = np.zeros((max_shots, budget, 2), np.int32)
+    for i in range(1, max_shots):
+        table[i] = context_lib.sample_context([shot_pixels] * i, budget)
+    return table
 
 
 class DmdInterStage(DmdStage):
-    """Inter-shot DMD: every shot of the video is generated from self-generated history.
+    """Inter-shot DMD (`trainer/distillation_frameconcat_streaming.py`): every shot of the training
+    video, shot 0 included, is rolled out from self-generated history with one optimiser step each.
 
-    Shots 0..S-2 are rolled out without gradient; their latents feed the
-    context of the next shot through the dynamic sampling rule; the DMD
-    (and critic) losses apply to the last shot, conditioned on that history.
+    One call of `step` takes a batch of videos and loops over shot slots 0..data.max_shots-1:
+    shot i's context is sampled by the dynamic rule from the pixel frames of shots 0..i-1 as
+    generated so far (each rollout decoded by the VAE), re-encoded frame by frame as inference
+    does (shot 0: six zero latents in RoPE shot 0); its rollout gets one generator or critic
+    update (the step counter alternates them as in dmd_intra) and is then decoded for the next
+    shots. Slots past a video's own shot count are skipped (weight 0; no update when the whole
+    batch is done). The step counter counts optimiser updates, so it grows by the shot count.
     """
 
-    def _generated(self, state, ex, key, grad: bool):
-        cfg = self.cfg
-        s_shots, budget = cfg.train.num_shots, cfg.shotstream.context_frames
-        dit = self.gen.module(state["gen"], state["gen_frozen"])
-        shots = []
-        keys = jax.random.split(key, s_shots)
-        for s in range(s_shots):
-            if s == 0:
-                ctx, ctx_shot = jnp.zeros_like(ex["context"]), jnp.zeros((budget,), jnp.int32)
-            else:
-                picks = context_lib.sample_context([ex["target"].shape[0]] * s, budget)
-                ctx = jnp.stack([shots[k][i] for k, i in picks])
-                ctx_shot = jnp.asarray([k for k, _ in picks], jnp.int32)
-            cur = dict(ex, context=ctx, context_shot=ctx_shot, target_shot=jnp.int32(s))
-            x = rollout(cfg, dit, cur, keys[s])
-            if s < s_shots - 1 or not grad:
-                x = jax.lax.stop_gradient(x)
-            shots.append(x)
-        return shots[-1], cur
+    def init_consts(self):
+        consts = super().init_consts()
+        self.vae_graphdef, consts["vae"] = vae_params(self.cfg, self.mesh)
+        return consts
+
+    def step(self, state, consts, batch):
+        state, metrics, _ = self.video_step(state, consts, batch)
+        return state, metrics
+
+    def video_step(self, state, consts, batch):
+        """(state, metrics, {'shots': latents [B, S, T, h, w, C], 'context': [B, S, Fc, h, w, C],
+        'context_shot': [B, S, Fc]}) for the S = data.max_shots shot slots of the batch's videos."""
+        cfg, s = self.cfg, self.cfg.shotstream
+        vae_cfg = nnx.merge(self.vae_graphdef, consts["vae"]).cfg
+        b, slots, fc = batch["text"].shape[0], cfg.data.max_shots, s.context_frames
+        shots = jnp.minimum(batch["num_shots"], slots)
+        latent_shape = (s.shot_latent_frames, *batch["context"].shape[2:])
+        pixels = vae_cfg.temporal_factor * (s.shot_latent_frames - 1) + 1
+        picks = jnp.asarray(context_picks(slots, pixels, fc))
+        frames0 = jnp.zeros((b, slots, pixels, cfg.video.height, cfg.video.width, 3), jnp.float32)
+
+        def one_shot(carry, i):
+            state, frames = carry
+            vae = nnx.merge(self.vae_graphdef, consts["vae"])  # inside the scan: its trace owns the module
+            hist = jax.vmap(lambda f: f[picks[i, :, 0], picks[i, :, 1]])(frames)
+            # Each context frame re-encoded as its own 1-frame clip (the batch axis), as inference does.
+            enc = vae.cfg.normalize(vae.encode(hist.reshape(b * fc, 1, *hist.shape[2:]))[:, 0])
+            ctx = jnp.where(i == 0, 0.0, enc.reshape(b, fc, *enc.shape[1:]))
+            ctx_shot = jnp.broadcast_to(jnp.where(i == 0, 0, picks[i, :, 0]), (b, fc))
+            shot_batch = dict(batch, context=ctx.astype(jnp.float32), context_shot=ctx_shot,
+                              target=jnp.zeros((b, *latent_shape), jnp.float32),
+                              target_shot=jnp.full((b,), i, jnp.int32))
+            weight = (i < shots).astype(jnp.float32)
+
+            def run(st):
+                return self.update(st, consts, shot_batch, weight)
+
+            out_shapes = jax.eval_shape(run, state)[1:]
+
+            def skip(st):  # every video of the batch is done: no rollout, no update
+                return (st, *jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), out_shapes))
+
+            active = jnp.any(i < shots)
+            state, m, x = jax.lax.cond(active, run, skip, state)
+            decoded = vae.decode(vae.cfg.denormalize(x))
+            frames = frames.at[:, i].set(decoded.astype(jnp.float32))
+            return (state, frames), (dict(m, active=active.astype(jnp.float32)), x, ctx, ctx_shot)
+
+        (state, _), (ms, xs, ctxs, ctx_shots) = jax.lax.scan(one_shot, (state, frames0), jnp.arange(slots))
+        active = ms.pop("active")
+        gen = active * ms.pop("is_generator_step")
+
+        def masked_mean(v, mask):  # nan when no update of that kind ran
+            n = jnp.sum(mask)
+            return jnp.where(n > 0, jnp.sum(jnp.where(mask > 0, v, 0.0)) / jnp.maximum(n, 1.0), jnp.nan)
+
+        masks = {"generator_loss": gen, "dmd_grad_abs": gen, "dmd_t": gen, "critic_loss": active - gen}
+        metrics = {k: masked_mean(v, masks.get(k, active)) for k, v in ms.items()}
+        metrics.update(shots=jnp.sum(active), generator_updates=jnp.sum(gen), critic_updates=jnp.sum(active - gen))
+        out = {"shots": jnp.swapaxes(xs, 0, 1), "context": jnp.swapaxes(ctxs, 0, 1),
+               "context_shot": jnp.swapaxes(ctx_shots, 0, 1)}
+        return state, metrics, out
 
 
 STAGES = {"teacher": TeacherStage, "ode_init": OdeInitStage, "dmd_intra": DmdStage, "dmd_inter": DmdInterStage}
