@@ -17,7 +17,6 @@ Networks:
 from __future__ import annotations
 
 import logging
-import os
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +26,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from shotstream_jax import context as context_lib
-from shotstream_jax import model_dir, schedule, sharding
+from shotstream_jax import checkpoint, schedule, sharding
 from shotstream_jax.data import pipeline
 from shotstream_jax.models import student as student_lib
 from shotstream_jax.models import teacher as teacher_lib
@@ -97,8 +96,8 @@ def dit_params(cfg, mesh, path: str, seed: int) -> dict:
     if not path:
         return jax.jit(lambda: nnx.state(WanDiT(dit_config(cfg), rngs=nnx.Rngs(seed)), nnx.Param).to_pure_dict(),
                        out_shardings=sh)()
-    ckpt = os.path.join(os.path.abspath(path), "dit")
-    if not os.path.isdir(ckpt):
+    ckpt = checkpoint.as_path(path) / "dit"
+    if not ckpt.is_dir():
         raise FileNotFoundError(f"{path}: not a model directory (no dit/); convert weights with shotstream-convert "
                                 f"or point at a previous stage's WORKDIR/export")
     target = jax.tree.map(lambda a, d: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=d), shapes, sh)
@@ -305,16 +304,11 @@ class Stage:
         aux = dict(aux, grad_norm=optax.global_norm(grads))
         return {**state, net: optax.apply_updates(state[net], updates), net + "_opt": opt}, loss, aux
 
-    def export(self, state, out_dir: str) -> None:
-        """Write the trained network as a model directory (LoRA merged in)."""
-        host = jax.device_get({"gen": state["gen"], "frozen": state["gen_frozen"]})
-        model_dir.save(out_dir, self.gen.module(host["gen"], host["frozen"]), config=self.cfg, overwrite=True)
-
 
 def _batch_mean(fn, batch, key):
     """Mean over the batch of fn(example, key) -> (loss, aux dict)."""
     b = jax.tree.leaves(batch)[0].shape[0]
-    losses_, aux = jax.vmap(fn)(batch, jax.random.split(key, b))
+    losses_, aux = sharding.vmap_batch(fn)(batch, jax.random.split(key, b))
     return jnp.mean(losses_), jax.tree.map(jnp.mean, aux)
 
 
@@ -471,9 +465,10 @@ STAGES = {"teacher": TeacherStage, "ode_init": OdeInitStage, "dmd_intra": DmdSta
 def negative_embedding(cfg) -> jax.Array:
     """Text embedding of the reference's negative prompt, the unconditional branch of CFG: [L, Dt]."""
     if cfg.data.latents_dir:
-        path = os.path.join(cfg.data.latents_dir, "negative_text.npy")
+        path = checkpoint.as_path(cfg.data.latents_dir) / "negative_text.npy"
         try:
-            return jnp.asarray(np.load(path).astype(np.float32))
+            with path.open("rb") as f:
+                return jnp.asarray(np.load(f).astype(np.float32))
         except OSError as e:
             raise FileNotFoundError(f"{path}: missing; pre-encode the data again to write it") from e
     _, encode_text = pipeline.encoders(cfg)
