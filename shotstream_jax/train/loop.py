@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
+import threading
 import time
 
 import grain
@@ -25,7 +27,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from shotstream_jax import checkpoint, model_dir, sharding
+from shotstream_jax import checkpoint, model_dir, perf, sharding
 from shotstream_jax.data import pipeline
 from shotstream_jax.train import stages
 
@@ -92,8 +94,93 @@ def _primary_first(name: str, fn):
     return out
 
 
-def train(cfg, workdir: str, progress: bool = True) -> dict:
-    """Run `cfg.stage` in `workdir` up to `cfg.train.steps` steps; returns the last step's metrics."""
+class _Preemption:
+    """SIGTERM (preemption, scancel) seen at a step boundary: checkpoint there and stop.
+
+    With several processes JAX's preemption sync manager (started by
+    jax.distributed) catches the signal and names one step at which every
+    host stops; a single process catches it here.
+    """
+
+    def __init__(self):
+        self.hit = False
+        self.previous = None
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._handler)
+
+    def _handler(self, signum, frame):
+        log.warning("SIGTERM: checkpointing at the end of this step, then stopping")
+        self.hit = True
+
+    def reached(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.hit
+
+    def close(self):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+class _Metrics:
+    """metrics.jsonl, TensorBoard and the progress bar, one step late so that the host never waits on a step.
+
+    `add(step, out)` keeps the step's device outputs and writes the previous
+    step's: by then the next step has been dispatched. step_time is the time
+    between two steps' outputs being ready (the step time once steady).
+    """
+
+    def __init__(self, cfg, workdir: epath.Path, start: int, progress: bool):
+        self.cfg, self.primary = cfg, jax.process_index() == 0
+        self.path = _metrics_file(workdir, start) if self.primary else None
+        self.writer = _tensorboard(workdir) if self.primary else None
+        self.bar = tqdm(total=cfg.train.steps, initial=start, desc=cfg.stage, unit="step",
+                        disable=not progress or not self.primary)
+        flops, tokens = perf.train_example_flops(cfg)
+        b = cfg.train.batch_size
+        self.flops, self.tokens = flops * b, tokens * b
+        self.peak = perf.peak_flops(jax.devices()[0].device_kind)
+        self.pending, self.last, self.t_prev = None, {}, time.perf_counter()
+
+    def add(self, step: int, out) -> None:
+        self.flush()
+        self.pending = (step, out)
+
+    def flush(self) -> None:
+        if self.pending is None:
+            return
+        step, out = self.pending
+        self.pending = None
+        m = {k: float(v) for k, v in jax.device_get(out).items()}
+        now = time.perf_counter()
+        dt, self.t_prev = now - self.t_prev, now
+        m.update(step=step, step_time=dt, tokens_per_s=self.tokens / dt)
+        if self.peak:
+            m["mfu"] = self.flops / (dt * self.peak * jax.device_count())
+        self.last = m
+        if self.primary:
+            with self.path.open("a") as f:
+                f.write(json.dumps(_jsonable(m)) + "\n")
+            if self.writer is not None and step % self.cfg.train.log_every == 0:
+                for k, v in m.items():
+                    if k != "step" and math.isfinite(v):
+                        self.writer.add_scalar(f"{self.cfg.stage}/{k}", v, step)
+        self.bar.set_postfix(loss=f"{m['loss']:.4f}")
+        self.bar.update(1)
+
+    def close(self) -> dict:
+        self.flush()
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        return self.last
+
+
+def train(cfg, workdir, progress: bool = True, profile_steps: tuple[int, int] | None = None) -> dict:
+    """Run `cfg.stage` in `workdir` up to `cfg.train.steps` steps; returns the last step's metrics.
+
+    `profile_steps` (first, last): a jax.profiler trace of those steps in WORKDIR/profile.
+    """
     sharding.maybe_initialize_distributed()
     workdir = checkpoint.as_path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -125,37 +212,36 @@ def train(cfg, workdir: str, progress: bool = True) -> dict:
         log.info("resumed %s from step %d", workdir, start)
     consts = stage.init_consts()
 
-    metrics_path = _metrics_file(workdir, start) if jax.process_index() == 0 else None
-    writer = _tensorboard(workdir) if jax.process_index() == 0 else None
-    bar = tqdm(total=cfg.train.steps, initial=start, desc=cfg.stage, unit="step",
-               disable=not progress or jax.process_index() != 0)
-    step_fn, m = None, {}
+    metrics = _Metrics(cfg, workdir, start, progress)
+    preemption = _Preemption()
+    step_fn, last = None, start
     for s in range(start, cfg.train.steps):
-        t0 = time.perf_counter()
+        if profile_steps and s == profile_steps[0]:
+            jax.profiler.start_trace(str(workdir / "profile"))
         batch = next(it)
-        if step_fn is None:
-            step_fn = stage.compile(state_sh, consts, batch)
-        state, out = step_fn(state, consts, sharding.shard_batch(mesh, batch, batch_size))
-        m = {k: float(v) for k, v in jax.device_get(out).items()}
-        m.update(step=s + 1, step_time=time.perf_counter() - t0)
-        if jax.process_index() == 0:
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(_jsonable(m)) + "\n")
-            if writer is not None and (s + 1) % cfg.train.log_every == 0:
-                for k, v in m.items():
-                    if k != "step" and math.isfinite(v):
-                        writer.add_scalar(f"{cfg.stage}/{k}", v, s + 1)
-        bar.set_postfix(loss=f"{m['loss']:.4f}")
-        bar.update(1)
-        mngr.save(s + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                 data=grain.checkpoint.CheckpointSave(it)),
-                  force=s + 1 == cfg.train.steps)
-    bar.close()
+        # The mesh is set while the step traces: shard_map'd kernels and activation constraints read it.
+        with jax.set_mesh(mesh):
+            if step_fn is None:
+                step_fn = stage.compile(state_sh, consts, batch)
+            state, out = step_fn(state, consts, sharding.shard_batch(mesh, batch, batch_size))
+        metrics.add(s + 1, out)
+        if profile_steps and s == profile_steps[1]:
+            jax.block_until_ready(state)
+            jax.profiler.stop_trace()
+        last = s + 1
+        stop = preemption.reached(last)
+        mngr.save(last, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                data=grain.checkpoint.CheckpointSave(it)),
+                  force=last == cfg.train.steps or stop)
+        if stop:
+            log.warning("preempted: checkpoint of step %d written, stopping", last)
+            break
+    m = metrics.close()
+    preemption.close()
     mngr.wait_until_finished()
     mngr.close()
-    if writer is not None:
-        writer.close()
-    export(cfg, stage, state, workdir / "export")
+    if last == cfg.train.steps:
+        export(cfg, stage, state, workdir / "export")
     return m
 
 

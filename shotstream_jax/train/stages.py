@@ -299,10 +299,30 @@ class Stage:
 
     def _update(self, state, loss_fn, batch, key, net="gen"):
         tx = self.tx if net == "gen" else self.tx_critic
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state[net], batch, key)
+        (loss, aux), grads = accumulated_grad(loss_fn, state[net], batch, key, self.cfg.train.get("grad_accum", 1))
         updates, opt = tx.update(grads, state[net + "_opt"], state[net])
         aux = dict(aux, grad_norm=optax.global_norm(grads))
         return {**state, net: optax.apply_updates(state[net], updates), net + "_opt": opt}, loss, aux
+
+
+def accumulated_grad(loss_fn, params, batch, key, steps: int):
+    """((loss, aux), grads) of loss_fn(params, batch, key), averaged over `steps` micro-batches run in turn.
+
+    Micro-batch j takes rows j, j + steps, j + 2 steps... so that every
+    data-parallel shard contributes to each; its key is fold_in(key, j).
+    """
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if steps == 1:
+        return grad_fn(params, batch, key)
+    micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(x.shape[0] // steps, steps, *x.shape[1:]), 0, 1), batch)
+
+    def body(total, j):
+        out = grad_fn(params, jax.tree.map(lambda x: x[j], micro), jax.random.fold_in(key, j))
+        return jax.tree.map(lambda a, b: a + b / steps, total, out), None
+
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                         jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), key))
+    return jax.lax.scan(body, zeros, jnp.arange(steps))[0]
 
 
 def _batch_mean(fn, batch, key):
