@@ -76,7 +76,9 @@ def load_state(path: str, module_fn: Callable[[], nnx.Module]) -> nnx.Module:
 
 
 def write_json(path: str, obj: Any) -> None:
-    with as_path(path).open("w") as f:
+    path = as_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
 
 

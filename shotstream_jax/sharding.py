@@ -11,6 +11,7 @@ Activations and batches are split over (data, fsdp) on their leading axis.
 """
 from __future__ import annotations
 
+import contextvars
 import importlib.util
 import logging
 import math
@@ -188,14 +189,33 @@ def shard_batch(mesh: Mesh, batch: dict, batch_size: int | None = None) -> dict:
     return out
 
 
+_IN_BATCH_VMAP = contextvars.ContextVar("in_batch_vmap", default=False)
+
+
 def vmap_batch(fn):
     """jax.vmap(fn) whose mapped axis is split over the batch axes of the current mesh (if one is set).
 
     Sharding constraints and shard_map'd kernels inside `fn` then see the
-    per-example axis as sharded instead of gathering it on every device.
+    per-example axis as sharded instead of gathering it on every device, and
+    must not split their own batch dimension over those axes again
+    (`batch_axes`).
     """
-    mesh = jax.sharding.get_abstract_mesh()
-    return jax.vmap(fn, spmd_axis_name=None if mesh.empty else BATCH)
+    if jax.sharding.get_abstract_mesh().empty:
+        return jax.vmap(fn)
+
+    def per_example(*args):
+        token = _IN_BATCH_VMAP.set(True)
+        try:
+            return fn(*args)
+        finally:
+            _IN_BATCH_VMAP.reset(token)
+
+    return jax.vmap(per_example, spmd_axis_name=BATCH)
+
+
+def batch_axes() -> tuple[str, ...]:
+    """The mesh axes a batch dimension may be split over here: none inside `vmap_batch`, which holds them."""
+    return () if _IN_BATCH_VMAP.get() else BATCH
 
 
 def constrain_tokens(x: jax.Array) -> jax.Array:
@@ -212,4 +232,4 @@ def constrain_tokens(x: jax.Array) -> jax.Array:
         sel = tuple(a for a in names if a in mesh.axis_names and mesh.shape[a] > 1)
         return sel if sel and dim % math.prod(mesh.shape[a] for a in sel) == 0 else None
 
-    return jax.lax.with_sharding_constraint(x, P(axes(BATCH, x.shape[0]), axes(("context",), x.shape[1]), None))
+    return jax.lax.with_sharding_constraint(x, P(axes(batch_axes(), x.shape[0]), axes(("context",), x.shape[1]), None))

@@ -8,9 +8,9 @@ maxdiffusion does:
   * batch over the data-parallel axes (data, fsdp), heads over `tensor`;
   * queries over `context` (sequence parallelism); keys and values stay whole
     on every device, so XLA gathers them over `context` before the call;
-  * an axis stays unsplit when it does not divide the dimension (the batch of
-    1 inside the per-example vmap: that vmap carries the batch axes itself,
-    `sharding.vmap_batch`).
+  * an axis stays unsplit when it does not divide the dimension; inside the
+    per-example vmap of training (`sharding.vmap_batch`) that vmap carries the
+    batch axes, and the kernel's own batch dimension stays whole.
 Mask fields follow their arrays: `q_*` fields of length Lq split like the
 queries, fields with a leading batch dimension like the batch, the rest
 (key chunk ids) whole. Without a mesh, or with one device, the kernel is
@@ -23,7 +23,8 @@ import math
 import jax
 from jax.sharding import PartitionSpec as P
 
-BATCH_AXES = ("data", "fsdp")
+from shotstream_jax import sharding
+
 HEAD_AXES = ("tensor",)
 SEQ_AXES = ("context",)
 
@@ -42,7 +43,7 @@ def on_mesh(kernel, q: jax.Array, k: jax.Array, v: jax.Array, mask=None, **kwarg
     if mesh.empty or mesh.size == 1:
         return kernel(q, k, v, mask, **kwargs)
     b, lq, h, _ = q.shape
-    batch, heads, seq = _split(mesh, BATCH_AXES, b), _split(mesh, HEAD_AXES, h), _split(mesh, SEQ_AXES, lq)
+    batch, heads, seq = _split(mesh, sharding.batch_axes(), b), _split(mesh, HEAD_AXES, h), _split(mesh, SEQ_AXES, lq)
     q_spec, kv_spec = P(batch, seq, heads, None), P(batch, None, heads, None)
 
     def mask_spec(path, x):
