@@ -38,8 +38,8 @@ def _metrics_file(workdir: epath.Path, start: int) -> epath.Path:
     """metrics.jsonl with every line of a step > `start` removed (they are about to be redone)."""
     path = workdir / "metrics.jsonl"
     if path.exists():
-        keep = [line + "\n" for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= start]
-        path.write_text("".join(keep))
+        lines = path.read_text().splitlines()
+        path.write_text("".join(f"{x}\n" for x in lines if x.strip() and json.loads(x)["step"] <= start))
     return path
 
 
@@ -76,10 +76,10 @@ def _source(cfg, workdir: str, mesh):
 
 
 def _check_batch(cfg, mesh) -> int:
-    b, shards = cfg.train.batch_size, sharding.batch_shards(mesh)
-    if b % shards:
-        raise ValueError(f"train.batch_size={b} must be a multiple of mesh data x fsdp = {shards}; "
-                         f"change --config.train.batch_size or --config.mesh.*")
+    b, shards, accum = cfg.train.batch_size, sharding.batch_shards(mesh), cfg.train.get("grad_accum", 1)
+    if b % (shards * accum):
+        raise ValueError(f"train.batch_size={b} must be a multiple of mesh data x fsdp = {shards} times "
+                         f"train.grad_accum={accum}; change --config.train.batch_size, grad_accum or --config.mesh.*")
     return b
 
 
