@@ -53,7 +53,7 @@ def distributed_env() -> dict | None:
 
     A job is multi-process when it runs on a TPU VM (single-host slices too:
     initialize() is cheap there and the async checkpointer wants the client),
-    under SLURM with more than one task, under Open MPI, or when
+    in an `srun` step of more than one task, under Open MPI, or when
     JAX_COORDINATOR_ADDRESS is set (with JAX_NUM_PROCESSES and JAX_PROCESS_ID,
     the variables launch/*.sh and the multi-process test set). Empty kwargs
     let JAX read the cluster (TPU metadata, SLURM, Open MPI) itself.
@@ -66,7 +66,8 @@ def distributed_env() -> dict | None:
                              "(launch/slurm_gpu.sh shows how) or none")
         return {k: int(env[v]) for k, v in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID"))
                 if v in env}
-    if int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1"))) > 1:
+    # SLURM_STEP_NUM_TASKS, not SLURM_NTASKS: only `srun` starts the tasks (a batch script is one process).
+    if int(env.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
         return {}
     if int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
         return {}
