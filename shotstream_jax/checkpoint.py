@@ -63,7 +63,9 @@ def load_state(path: str, module_fn: Callable[[], nnx.Module]) -> nnx.Module:
     """Build `module_fn()` abstractly and restore its state from `path`."""
     abstract = nnx.eval_shape(module_fn)
     graphdef, state = nnx.split(abstract)
-    target = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), state.to_pure_dict())
+    # An explicit device: checkpoints written from a mesh (a pod's export) restore onto this one.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=device), state.to_pure_dict())
     if not as_path(path).is_dir():
         raise FileNotFoundError(f"{path}: no orbax checkpoint here")
     with ocp.StandardCheckpointer() as ckptr:
