@@ -228,9 +228,13 @@ def constrain_tokens(x: jax.Array) -> jax.Array:
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1 or x.ndim != 3:
         return x
+    spec = P(split_axes(mesh, batch_axes(), x.shape[0]), split_axes(mesh, ("context",), x.shape[1]), None)
+    return jax.lax.with_sharding_constraint(x, spec)
 
-    def axes(names, dim):
-        sel = tuple(a for a in names if a in mesh.axis_names and mesh.shape[a] > 1)
-        return sel if sel and dim % math.prod(mesh.shape[a] for a in sel) == 0 else None
 
-    return jax.lax.with_sharding_constraint(x, P(axes(batch_axes(), x.shape[0]), axes(("context",), x.shape[1]), None))
+def split_axes(mesh, names, dim: int):
+    """The axes among `names` (those of size > 1) that split `dim` evenly, as one PartitionSpec entry; else None."""
+    axes = tuple(a for a in names if a in mesh.axis_names and mesh.shape[a] > 1)
+    if not axes or dim % math.prod(mesh.shape[a] for a in axes):
+        return None
+    return axes if len(axes) > 1 else axes[0]

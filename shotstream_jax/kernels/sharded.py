@@ -18,8 +18,6 @@ called directly.
 """
 from __future__ import annotations
 
-import math
-
 import jax
 from jax.sharding import PartitionSpec as P
 
@@ -29,21 +27,14 @@ HEAD_AXES = ("tensor",)
 SEQ_AXES = ("context",)
 
 
-def _split(mesh, names, dim: int):
-    """The mesh axes among `names` (size > 1) that split `dim` evenly, as one spec entry; else None."""
-    axes = tuple(a for a in names if a in mesh.axis_names and mesh.shape[a] > 1)
-    if not axes or dim % math.prod(mesh.shape[a] for a in axes):
-        return None
-    return axes if len(axes) > 1 else axes[0]
-
-
 def on_mesh(kernel, q: jax.Array, k: jax.Array, v: jax.Array, mask=None, **kwargs) -> jax.Array:
     """kernel(q, k, v, mask, **kwargs) run per shard of the current mesh; q [B, Lq, H, D], k, v [B, Lk, H, D]."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
         return kernel(q, k, v, mask, **kwargs)
     b, lq, h, _ = q.shape
-    batch, heads, seq = _split(mesh, sharding.batch_axes(), b), _split(mesh, HEAD_AXES, h), _split(mesh, SEQ_AXES, lq)
+    batch = sharding.split_axes(mesh, sharding.batch_axes(), b)
+    heads, seq = sharding.split_axes(mesh, HEAD_AXES, h), sharding.split_axes(mesh, SEQ_AXES, lq)
     q_spec, kv_spec = P(batch, seq, heads, None), P(batch, None, heads, None)
 
     def mask_spec(path, x):
