@@ -14,6 +14,7 @@ setup(
         "flax>=0.12",
         "optax>=0.2",
         "orbax-checkpoint>=0.11",
+        "etils[epath]>=1.5",  # gs:// and local paths alike (orbax and grain use it too)
         "grain>=0.2",
         "einops>=0.8",
         "ml_collections>=1.0",
