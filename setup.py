@@ -38,8 +38,8 @@ setup(
             "transformers>=4.50",
         ],
         "convert": ["torch==2.13.0"],
-        "gpu": ["jax[cuda12]>=0.10"],
-        "tpu": ["jax[tpu]>=0.10"],
+        "gpu": ["jax[cuda12]>=0.10", "etils[epath-gcs]"],  # epath-gcs: gs:// work directories
+        "tpu": ["jax[tpu]>=0.10", "etils[epath-gcs]"],
     },
     entry_points={
         "console_scripts": [
