@@ -1,13 +1,16 @@
 """The training loop: data, resumable orbax checkpoints, metrics.jsonl, TensorBoard, progress.
 
-WORKDIR layout:
-  checkpoints/<step>/   orbax: train state + the grain iterator position (async, every N, keep K)
-  metrics.jsonl         one JSON object per step: step, loss, stage losses, grad_norm, step_time
+WORKDIR (a local folder or gs://...) layout:
+  checkpoints/<step>/   orbax: train state + every process's grain iterator position (async, every N, keep K)
+  metrics.jsonl         one JSON object per step: step, loss, stage losses, grad_norm, step_time,
+                        tokens_per_s, mfu (on accelerators perf.py knows)
   tensorboard/          event files (tensorboardX)
   export/               the trained network as a model directory, written at the end
+  compilation_cache/    XLA's persistent cache (CLI default); profile/: --profile_steps traces
   toy_data/, ode_pairs/ generated when the config names no data (toy runs)
 Resuming from WORKDIR continues at the same step, data position and RNG; metrics
 lines past the restored step (written after the last checkpoint) are dropped.
+Every process of a multi-host job runs this same code (see docs/training.md).
 """
 from __future__ import annotations
 
