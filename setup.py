@@ -14,6 +14,7 @@ setup(
         "flax>=0.12",
         "optax>=0.2",
         "orbax-checkpoint>=0.11",
+        "etils[epath]>=1.5",  # gs:// and local paths alike (orbax and grain use it too)
         "grain>=0.2",
         "einops>=0.8",
         "ml_collections>=1.0",
@@ -46,8 +47,8 @@ setup(
             "selenium>=4.20",    # the studio's browser test (heavy), with Debian's chromium
         ],
         "convert": ["torch==2.13.0"],
-        "gpu": ["jax[cuda12]>=0.10"],
-        "tpu": ["jax[tpu]>=0.10"],
+        "gpu": ["jax[cuda12]>=0.10", "etils[epath-gcs]"],  # epath-gcs: gs:// work directories
+        "tpu": ["jax[tpu]>=0.10", "etils[epath-gcs]"],
     },
     entry_points={
         "console_scripts": [

@@ -16,7 +16,18 @@ from typing import Any, Callable, Iterator
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
+
+
+def as_path(p) -> epath.Path:
+    """epath.Path of `p`: a URL (gs://bucket/...) as it is, a local path made absolute (orbax wants that).
+
+    Training reads and writes every directory through this, so work, init,
+    teacher, latent and export directories can be GCS buckets.
+    """
+    s = os.fspath(p)
+    return epath.Path(s if "://" in s else os.path.abspath(s))
 
 
 @contextlib.contextmanager
@@ -44,7 +55,7 @@ def atomic_directory(path: str, overwrite: bool = False) -> Iterator[str]:
 def save_state(path: str, module: nnx.Module) -> None:
     """Write the module's state as an orbax checkpoint at `path` (must not exist)."""
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(os.path.abspath(path), nnx.state(module).to_pure_dict())
+        ckptr.save(as_path(path), nnx.state(module).to_pure_dict())
         ckptr.wait_until_finished()
 
 
@@ -52,12 +63,14 @@ def load_state(path: str, module_fn: Callable[[], nnx.Module]) -> nnx.Module:
     """Build `module_fn()` abstractly and restore its state from `path`."""
     abstract = nnx.eval_shape(module_fn)
     graphdef, state = nnx.split(abstract)
-    target = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), state.to_pure_dict())
-    if not os.path.isdir(path):
+    # An explicit device: checkpoints written from a mesh (a pod's export) restore onto this one.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=device), state.to_pure_dict())
+    if not as_path(path).is_dir():
         raise FileNotFoundError(f"{path}: no orbax checkpoint here")
     with ocp.StandardCheckpointer() as ckptr:
         try:
-            restored = ckptr.restore(os.path.abspath(path), target)
+            restored = ckptr.restore(as_path(path), target)
         except (ValueError, KeyError) as e:
             raise ValueError(f"{path}: checkpoint does not match the model config ({e})") from e
     nnx.replace_by_pure_dict(state, restored)
@@ -65,13 +78,15 @@ def load_state(path: str, module_fn: Callable[[], nnx.Module]) -> nnx.Module:
 
 
 def write_json(path: str, obj: Any) -> None:
-    with open(path, "w") as f:
+    path = as_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
 
 
 def read_json(path: str) -> Any:
     try:
-        with open(path) as f:
+        with as_path(path).open() as f:
             return json.load(f)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: missing (is this a shotstream_jax model directory?)") from None

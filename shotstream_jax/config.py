@@ -19,8 +19,9 @@ STAGES = ("teacher", "ode_pairs", "ode_init", "dmd_intra", "dmd_inter", "generat
 _SIZES = {
     # Small enough for CPU tests: 2 layers of width 64 on 32x32 frames.
     "toy": ("tiny", dict(text_dim=32, freq_dim=32, text_len=256), (32, 32)),
-    "wan_1_3b": ("1.3B", dict(dtype="bfloat16"), (480, 832)),
-    "wan_14b": ("14B", dict(dtype="bfloat16"), (480, 832)),
+    # remat: activations of one block at a time (model.remat_policy picks what is kept).
+    "wan_1_3b": ("1.3B", dict(dtype="bfloat16", remat=True), (480, 832)),
+    "wan_14b": ("14B", dict(dtype="bfloat16", remat=True), (480, 832)),
 }
 
 
@@ -61,10 +62,12 @@ def get_config(size: str = "toy", stage: str = "teacher") -> ml_collections.Conf
         num_train_timesteps=1000,
     ))
 
-    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
+    # Device mesh (sharding.py); dcn_data: how many slices the data axis spans (multislice).
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, context=1, tensor=1, dcn_data=1))
     c.train = ml_collections.ConfigDict(dict(
         steps=10 if toy else 30000, batch_size=1, seed=0, lr=1e-5, warmup_steps=0,
-        log_every=1, checkpoint_every=5 if toy else 500, keep_checkpoints=3))
+        log_every=1, checkpoint_every=5 if toy else 500, keep_checkpoints=3,
+        grad_accum=1))  # micro-batches per step: batch_size is the global batch whatever the device count
     c.data = ml_collections.ConfigDict(dict(
         manifest="",             # reference CSV; empty: a toy dataset is generated in the workdir
         latents_dir="",          # pre-encoded examples (shotstream_jax.data.preencode); wins over manifest

@@ -33,13 +33,19 @@ def _json_ready(d: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
+def dit_meta(dit_cfg: WanDiTConfig, config: Optional[ml_collections.ConfigDict] = None) -> dict:
+    """config.json of a directory holding (at least) a DiT of `dit_cfg`."""
+    meta = {"format": FORMAT, "dit": _json_ready(dataclasses.asdict(dit_cfg))}
+    if config is not None:
+        meta["config"] = config.to_dict()
+    return meta
+
+
 def save(out_dir: str, dit: WanDiT, *, vae: Optional[WanVAE] = None, text_model: Optional[UMT5Encoder] = None,
          tokenizer: Optional[str] = None, config: Optional[ml_collections.ConfigDict] = None,
          overwrite: bool = False) -> None:
     """Write a model directory atomically. `tokenizer`: a tokenizer.json / spiece.model path, or "bytes"."""
-    meta = {"format": FORMAT, "dit": _json_ready(dataclasses.asdict(dit.cfg))}
-    if config is not None:
-        meta["config"] = config.to_dict()
+    meta = dit_meta(dit.cfg, config)
     with checkpoint.atomic_directory(out_dir, overwrite=overwrite) as tmp:
         checkpoint.save_state(os.path.join(tmp, "dit"), dit)
         if vae is not None:

@@ -143,3 +143,33 @@ def time_shot(encode_text: Callable[[], Any], chunks: Callable[[], Iterator[Any]
         raise ValueError("the shot yielded no frames")
     total = time.perf_counter() - t_prompt  # with the shot's wrap-up after its last frames
     return ShotTiming(t_text - t_prompt, per_chunk, t_text - t_prompt + per_chunk[0], total, frames)
+
+
+def train_example_flops(cfg) -> tuple[int, int]:
+    """(model FLOPs, DiT tokens) of one training example of a stage config, for MFU and tokens/s in training.
+
+    A gradient pass costs 3 forward passes (forward, then backward through
+    activations and weights). teacher / ode_init: one gradient pass over the
+    context and target frames. DMD steps: the rollout's forward passes
+    (`shot_flops`, the upper bound of all 4 steps), the backward of the
+    generator's exit-step passes (2 chunk passes per chunk), the real score
+    with CFG (2 passes) and the fake score (1 pass; 3 for the critic's
+    gradient). dmd_inter first rolls out `train.num_shots - 1` history shots (forward only).
+    """
+    m, s, t = WanDiTConfig.from_dict(cfg.model), cfg.shotstream, cfg.train
+    pt, ph, pw = m.patch_size
+    tpf = (cfg.video.height // 8 // ph) * (cfg.video.width // 8 // pw)
+    fc, ft = s.context_frames, s.shot_latent_frames
+    full = (fc + ft) * tpf
+    one = dit_pass_flops(m, full, full, m.text_len, fc + ft)
+    if cfg.stage in ("teacher", "ode_init"):
+        return 3 * one, full
+    chunks = ft // s.chunk_frames
+    rollout = shot_flops(m, tpf, m.text_len, fc, s.chunk_frames, chunks, len(s.denoising_steps), fc)
+    q = s.chunk_frames * tpf
+    backward = sum(2 * dit_pass_flops(m, q, fc * tpf + (c + 1) * q, m.text_len, s.chunk_frames) for c in range(chunks))
+    gen = rollout + backward + 3 * one
+    critic = rollout + 3 * one
+    per_shot = (gen + t.critic_steps * critic) // (t.critic_steps + 1)  # the generator : critic step mix
+    history = t.num_shots - 1 if cfg.stage == "dmd_inter" else 0
+    return history * rollout + per_shot, (history + 1) * ft * tpf

@@ -34,6 +34,7 @@ import grain
 import imageio.v2 as imageio
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import nnx
 from PIL import Image
 
@@ -219,8 +220,10 @@ class ClipSource:
 class PreencodedSource:
     """Random-access source over `preencode.py` output: one .npz per example."""
 
-    def __init__(self, directory: str):
-        self.files = sorted(os.path.join(directory, f) for f in os.listdir(directory) if f.endswith(".npz"))
+    def __init__(self, directory):
+        d = epath.Path(directory)  # local or gs://
+        self.files = sorted(f for f in d.iterdir() if f.name.endswith(".npz") and not f.name.startswith(".")) \
+            if d.is_dir() else []
         if not self.files:
             raise FileNotFoundError(f"{directory}: no pre-encoded .npz examples; run shotstream_jax.data.preencode")
 
@@ -228,7 +231,7 @@ class PreencodedSource:
         return len(self.files)
 
     def __getitem__(self, i):
-        with np.load(self.files[i]) as z:
+        with self.files[i].open("rb") as f, np.load(f) as z:
             return {k: (z[k].astype(np.float32) if z[k].dtype == np.float16 else z[k]) for k in z.files}
 
 
@@ -247,18 +250,33 @@ def source(cfg, workdir: str, min_shots: int = 2):
     return ClipSource(clips, cfg, *encoders(cfg))
 
 
-def dataset(src, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1,
-            num_threads: int = 2):
-    """Infinite grain pipeline of stacked batches for this process; reshuffled every epoch.
+class _Rows:
+    """Random access to rows [first, first + count) of every global batch of `batch_size` from `ds`."""
 
-    `batch_size` is the per-process batch. Broken examples (None) are dropped
-    by grain's iterator. Save/restore the position with `get_state/set_state`
-    on the iterator.
+    def __init__(self, ds, batch_size: int, first: int, count: int):
+        self.ds, self.batch_size, self.first, self.count = ds, batch_size, first, count
+
+    def __len__(self):
+        return len(self.ds) // self.batch_size * self.count
+
+    def __getitem__(self, i):
+        return self.ds[(i // self.count) * self.batch_size + self.first + i % self.count]
+
+
+def dataset(src, batch_size: int, seed: int, rows: tuple[int, int] | None = None, num_threads: int = 2):
+    """Infinite grain pipeline of stacked batches; reshuffled every epoch.
+
+    `batch_size` is the global batch: batch s holds examples s*B .. s*B+B-1 of
+    the shuffled stream, whatever the number of processes. `rows` = (first,
+    count) (`sharding.process_rows`) keeps this process's rows of each batch,
+    so it only reads its own examples. Broken examples (None) are dropped by
+    grain's iterator. Save/restore the position with grain's orbax
+    CheckpointHandler (one file per process) or `get_state/set_state`.
     """
-    ds = grain.MapDataset.source(src)
-    if process_count > 1:
-        ds = ds[process_index::process_count]
-    ds = ds.seed(seed).shuffle().repeat(None)
+    ds = grain.MapDataset.source(src).seed(seed).shuffle().repeat(None)
+    first, count = rows or (0, batch_size)
+    if count != batch_size:
+        ds = grain.MapDataset.source(_Rows(ds, batch_size, first, count))
     # Few decoding threads: video decoding shares the host's cores with the input transfers.
-    return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * batch_size)
-                              ).map(pad_target).batch(batch_size).map(trim_batch)
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * count)
+                              ).map(pad_target).batch(count).map(trim_batch)

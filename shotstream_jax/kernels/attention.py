@@ -21,7 +21,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from shotstream_jax.kernels import flash_gpu, splash_tpu
+from shotstream_jax.kernels import flash_gpu, sharded, splash_tpu
 
 IMPLS = ("auto", "xla", "cudnn", "pallas", "pallas_interpret", "tpu_splash")
 
@@ -121,6 +121,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array,
         return _xla(q, k, v, mask)
     if impl == "cudnn":
         return _cudnn(q, k, v, mask)
+    # Pallas kernels cannot be partitioned by XLA: on a mesh they run per shard.
     if impl == "tpu_splash":
-        return splash_tpu.splash_attention(q, k, v, mask)
-    return flash_gpu.flash_attention(q, k, v, mask, interpret=impl == "pallas_interpret")
+        return sharded.on_mesh(splash_tpu.splash_attention, q, k, v, mask)
+    return sharded.on_mesh(flash_gpu.flash_attention, q, k, v, mask, interpret=impl == "pallas_interpret")

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from shotstream_jax import sharding
 from shotstream_jax.kernels import MaskSpec, attention
 
 # name -> (dim, ffn_dim, num_heads, num_layers). Everything else is shared.
@@ -56,6 +57,7 @@ class WanDiTConfig:
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype of matmuls; norms/modulation stay float32
     remat: bool = False
+    remat_policy: str = "nothing_saveable"  # a jax.checkpoint_policies name, e.g. dots_with_no_batch_dims_saveable
     scan_unroll: int = 1
     attention_impl: str = "auto"
 
@@ -447,11 +449,12 @@ class WanDiT(nnx.Module):
             layer_state, tkv, pkv = xs
             block = nnx.merge(graphdef, layer_state)
             x, kv = block(x, e0, rope, tkv, grid[0], frame_prompt, pkv, mask)
+            x = sharding.constrain_tokens(x)
             ys = (kv if return_kv else None, x if return_intermediates else None)
             return x, ys
 
         if cfg.remat:
-            body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+            body = jax.checkpoint(body, policy=getattr(jax.checkpoint_policies, cfg.remat_policy))
         x, (kv, inter) = jax.lax.scan(
             body, x, (block_state, tuple(text_kv), prefix_kv), unroll=cfg.scan_unroll)
 

@@ -39,14 +39,15 @@ def init(params: dict, rank: int, key: jax.Array) -> dict:
 
 
 def names(lora: dict, param_names: dict) -> dict:
-    """Logical axis names of the adapters, from those of the kernels they adapt."""
+    """Logical axis names of the adapters: those of the kernels they adapt."""
     out = {}
     for path, ab in lora.items():
         node = param_names
         for p in path.split("/"):
             node = node[p]
-        layers, din, dout = node["kernel"]
-        out[path] = {"a": (layers, din, None), "b": (layers, None, dout)}
+        # The base kernel's names on both adapters: A [L, in, r] and B [L, r, out] are split over the
+        # same mesh axes as W [L, in, out] (the rank taking the other one), not copied to every chip.
+        out[path] = {"a": node["kernel"], "b": node["kernel"]}
     return out
 
 

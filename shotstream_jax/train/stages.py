@@ -18,7 +18,6 @@ Networks:
 from __future__ import annotations
 
 import logging
-import os
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +27,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from shotstream_jax import context as context_lib
-from shotstream_jax import model_dir, schedule, sharding
+from shotstream_jax import checkpoint, schedule, sharding
 from shotstream_jax.data import pipeline
 from shotstream_jax.models import student as student_lib
 from shotstream_jax.models import teacher as teacher_lib
@@ -98,8 +97,8 @@ def dit_params(cfg, mesh, path: str, seed: int) -> dict:
     if not path:
         return jax.jit(lambda: nnx.state(WanDiT(dit_config(cfg), rngs=nnx.Rngs(seed)), nnx.Param).to_pure_dict(),
                        out_shardings=sh)()
-    ckpt = os.path.join(os.path.abspath(path), "dit")
-    if not os.path.isdir(ckpt):
+    ckpt = checkpoint.as_path(path) / "dit"
+    if not ckpt.is_dir():
         raise FileNotFoundError(f"{path}: not a model directory (no dit/); convert weights with shotstream-convert "
                                 f"or point at a previous stage's WORKDIR/export")
     target = jax.tree.map(lambda a, d: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=d), shapes, sh)
@@ -315,25 +314,57 @@ class Stage:
         return jax.random.fold_in(jax.random.PRNGKey(self.cfg.train.seed), state["step"])
 
     def _apply(self, state, net, loss_fn, batch, weight):
-        """Weighted batch mean of loss_fn(params, ex, key) -> (loss, aux, x), gradient step on `net`."""
+        """Weighted batch mean of loss_fn(params, ex, key) -> (loss, aux, x), gradient step on `net`.
+
+        The batch runs as train.grad_accum micro-batches (`accumulated_grad`);
+        x, the per-example output, comes back in batch order.
+        """
         tx = self.tx if net == "gen" else self.tx_critic
-        b = weight.shape[0]
-        norm = jnp.maximum(jnp.sum(weight), 1.0)
+        steps = self.cfg.train.get("grad_accum", 1)
+        # accumulated_grad averages its micro-batches: each one's weighted sum is scaled by steps / sum(weight).
+        scale = steps / jnp.maximum(jnp.sum(weight), 1.0)
 
-        def total(params):
-            ls, aux, x = jax.vmap(lambda ex, k: loss_fn(params, ex, k))(batch, jax.random.split(self._key(state), b))
-            return jnp.sum(ls * weight) / norm, (jax.tree.map(lambda a: jnp.sum(a * weight) / norm, aux), x)
+        def micro_loss(params, bw, key):
+            b, w = bw
+            ls, aux, x = sharding.vmap_batch(lambda ex, k: loss_fn(params, ex, k))(b, jax.random.split(key, w.shape[0]))
+            return jnp.sum(ls * w) * scale, (jax.tree.map(lambda a: jnp.sum(a * w) * scale, aux), x)
 
-        (loss, (aux, x)), grads = jax.value_and_grad(total, has_aux=True)(state[net])
+        (loss, (aux, x)), grads = self._grad(net, micro_loss, state[net], (batch, weight), self._key(state), steps)
         updates, opt = tx.update(grads, state[net + "_opt"], state[net])
         state = {**state, net: optax.apply_updates(state[net], updates), net + "_opt": opt,
                  "step": state["step"] + 1}
         return state, loss, dict(aux, grad_norm=optax.global_norm(grads)), x
 
-    def export(self, state, out_dir: str) -> None:
-        """Write the trained network as a model directory (LoRA merged in)."""
-        host = jax.device_get({"gen": state["gen"], "frozen": state["gen_frozen"]})
-        model_dir.save(out_dir, self.gen.module(host["gen"], host["frozen"]), config=self.cfg, overwrite=True)
+    @staticmethod
+    def _grad(net, loss_fn, params, batch, key, steps):
+        """The one place a stage takes gradients of `net` (the dry run's memory estimate hooks in here)."""
+        return accumulated_grad(loss_fn, params, batch, key, steps)
+
+
+def accumulated_grad(loss_fn, params, batch, key, steps: int):
+    """((loss, (aux, x)), grads) of loss_fn(params, batch, key) -> (loss, (aux, x)), over `steps` micro-batches.
+
+    loss, aux and grads are averaged over the micro-batches, run in turn;
+    x, a per-example output [B, ...], is gathered back into batch order.
+    Micro-batch j takes rows j, j + steps, j + 2 steps... so that every
+    data-parallel shard contributes to each; its key is fold_in(key, j).
+    """
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if steps == 1:
+        return grad_fn(params, batch, key)
+    micro = jax.tree.map(lambda a: jnp.swapaxes(a.reshape(a.shape[0] // steps, steps, *a.shape[1:]), 0, 1), batch)
+
+    def body(total, j):
+        (loss, (aux, x)), grads = grad_fn(params, jax.tree.map(lambda a: a[j], micro), jax.random.fold_in(key, j))
+        total = jax.tree.map(lambda t, v: t + v / steps, total, (loss, aux, grads))
+        return total, x
+
+    loss_aux_grads = jax.eval_shape(grad_fn, params, jax.tree.map(lambda a: a[0], micro), key)
+    (loss0, (aux0, _)), grads0 = loss_aux_grads
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (loss0, aux0, grads0))
+    (loss, aux, grads), xs = jax.lax.scan(body, zeros, jnp.arange(steps))
+    x = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1).reshape(a.shape[0] * a.shape[1], *a.shape[2:]), xs)
+    return (loss, (aux, x)), grads
 
 
 def _ones(batch) -> jax.Array:
@@ -567,9 +598,10 @@ STAGES = {"teacher": TeacherStage, "ode_init": OdeInitStage, "dmd_intra": DmdSta
 def negative_embedding(cfg) -> jax.Array:
     """Text embedding of the reference's negative prompt, the unconditional branch of CFG: [L, Dt]."""
     if cfg.data.latents_dir:
-        path = os.path.join(cfg.data.latents_dir, "negative_text.npy")
+        path = checkpoint.as_path(cfg.data.latents_dir) / "negative_text.npy"
         try:
-            return jnp.asarray(np.load(path).astype(np.float32))
+            with path.open("rb") as f:
+                return jnp.asarray(np.load(f).astype(np.float32))
         except OSError as e:
             raise FileNotFoundError(f"{path}: missing; pre-encode the data again to write it") from e
     _, encode_text = pipeline.encoders(cfg)
