@@ -160,3 +160,31 @@ def test_rollout_matches_chunk_functions_and_has_gradient(setup):
     grads = jax.jit(jax.grad(loss))(st)
     norms = [float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads)]
     assert all(np.isfinite(norms)) and sum(norms) > 0
+
+
+def test_chunk_step_lowered_for_cuda_has_no_cache_copy_or_dense_mask(monkeypatch):
+    # Reference: the shapes of the StableHLO ops of the chunk step (a commit pass and 4
+    # denoising passes) lowered for CUDA with the Pallas kernel, which needs no GPU.
+    import re
+    cfg = WanDiTConfig.from_size("tiny", text_dim=32, freq_dim=32, text_len=16, dtype="bfloat16",
+                                 attention_impl="pallas")
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0))))
+    hw = (8, 8)
+    cache = jax.eval_shape(lambda: student.init_cache(cfg, 1, hw))
+    lq, lk = 3 * cache.frame_tokens, cache.k.shape[2]  # 48 queries, a 432-key buffer
+    x = jax.ShapeDtypeStruct((1, 3, *hw, 16), jnp.float32)
+    tkv = TextKV(*(jax.ShapeDtypeStruct((2, 1, 16, 2, 32), jnp.bfloat16),) * 2)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # pass the backend check
+    text = student.chunk_step.trace(graphdef, state, cache, x, x, jax.random.PRNGKey(0), tkv, 1, THETA,
+                                    jnp.asarray(TS)).lower(lowering_platforms=("cuda",)).as_text()
+    assert "__gpu$xla.gpu.triton" in text  # the Pallas kernel
+    # The layers' K/V go into the buffer in place (before this change: a 480-key concatenate per pass).
+    assert set(re.findall(r"stablehlo\.dynamic_update_slice.*-> tensor<([^>]*)>", text)) == {"2x1x432x2x32xbf16"}
+
+    def elements(shape):
+        return int(np.prod([int(d) for d in shape.split("x")[:-1]] or [1]))
+
+    concats = re.findall(r"stablehlo\.concatenate.*-> tensor<([^>]*)>", text)
+    assert concats and max(elements(s) for s in concats) < lk * cfg.num_heads * cfg.head_dim
+    bools = [elements(s) for s in re.findall(r"tensor<([0-9x]*xi1)>", text)]
+    assert max(bools) < lq * lk
