@@ -21,8 +21,9 @@ JAX's TPU splash kernel wrapped in `splash_tpu.py`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Optional
+from typing import Iterator, Optional
 
 import jax
 import jax.numpy as jnp
@@ -79,6 +80,18 @@ def _xla(q, k, v, mask: Optional[MaskSpec]):
 
 
 KEY_BLOCK = 512  # keys per step of the blocked XLA path (fastest of 256-1024 on XLA:CPU at Lq=4680)
+
+
+@contextlib.contextmanager
+def single_key_block() -> Iterator[None]:
+    """Functions traced inside run the XLA path in one key block: no loop, so that a static
+    cost analysis (which counts a loop body once) sees every FLOP."""
+    global KEY_BLOCK
+    saved, KEY_BLOCK = KEY_BLOCK, 2 ** 62
+    try:
+        yield
+    finally:
+        KEY_BLOCK = saved
 
 
 def _key_blocks(lk: int, kv_len: Optional[jax.Array]) -> tuple[int, jax.Array | int]:
