@@ -39,6 +39,7 @@ from flax import nnx
 from shotstream_jax import context as ctx_lib
 from shotstream_jax import schedule
 from shotstream_jax.models import student
+from shotstream_jax.models import wan_dit
 from shotstream_jax.models.wan_dit import TextKV, WanDiT
 from shotstream_jax.models.wan_vae import DecodeCache, WanVAE
 from shotstream_jax.story import check_prompt
@@ -82,7 +83,7 @@ class ShotStream:
 
     def __init__(self, config: ml_collections.ConfigDict, dit: WanDiT, vae: WanVAE, text_encoder: TextEncoder):
         self.config = config
-        self.dit = dit
+        self.dit = wan_dit.for_inference(dit)  # bf16 parameters on accelerators
         self.vae = vae
         self.text_encoder = text_encoder
         ss = config.shotstream
@@ -107,7 +108,7 @@ class ShotStream:
                              f"got {self.first_shot_context!r}")
         self.timesteps = jnp.asarray(
             schedule.student_timesteps(tuple(ss.denoising_steps), ss.timestep_shift), jnp.float32)
-        self._graphdef, self._state = nnx.split(dit)
+        self._graphdef, self._state = nnx.split(self.dit)
         self._vae_graphdef, self._vae_state = nnx.split(vae)
         self._text_kv = jax.jit(lambda state, emb: nnx.merge(self._graphdef, state).encode_text(emb))
 

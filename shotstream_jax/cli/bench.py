@@ -93,6 +93,7 @@ def random_vae(cfg, seed: int):
 
 def load(model: str, seed: int):
     """(config, dit, vae, text_encoder) for --model, with the runtime flags applied."""
+    import jax
     from flax import nnx
 
     from shotstream_jax import default_model, model_dir
@@ -110,6 +111,8 @@ def load(model: str, seed: int):
             return default_model.build(**size_overrides, **overrides)
         config = get_config(size, "generate")
         dit_cfg = WanDiTConfig.from_dict({**config.model.to_dict(), **overrides})
+        if jax.default_backend() != "cpu":  # built in bf16 (ShotStream would convert them once anyway)
+            dit_cfg = dataclasses.replace(dit_cfg, param_dtype=overrides.get("param_dtype", dit_cfg.dtype))
         dit = nnx.jit(lambda: WanDiT(dit_cfg, rngs=nnx.Rngs(seed)))()  # one compile, not one per weight shape
         vae = random_vae(WanVAEConfig(dtype=dit_cfg.dtype), seed + 1)
         # umT5-XXL layers with a byte vocabulary: the encoder's cost without a tokenizer file.
