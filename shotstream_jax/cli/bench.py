@@ -48,8 +48,9 @@ flags.DEFINE_string("json", None, "Write the results here as JSON (they are alwa
 flags.DEFINE_string("profile_dir", None, "Capture a jax.profiler trace of the timed shots into this directory.")
 flags.DEFINE_integer("height", None, "Video height in pixels (default: the size's config; multiple of 16).")
 flags.DEFINE_integer("width", None, "Video width in pixels (default: the size's config; multiple of 16).")
-flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
-                  "Parameters, activations and caches end to end (default: the size's config, bf16 for Wan sizes).")
+flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "fp8"],
+                  "Parameters, activations and caches end to end (default: the size's config, bf16 for Wan sizes); "
+                  "fp8: bf16 with the DiT blocks' linear layers as E4M3 matmuls (per-tensor scales).")
 flags.DEFINE_integer("scan_unroll", None, "Unroll factor of the scan over DiT blocks.")
 flags.DEFINE_string("attention_impl", None, "Attention implementation (auto|xla|cudnn|pallas|...).")
 flags.DEFINE_integer("seed", 0, "Seed of the random weights and noise.")
@@ -91,6 +92,15 @@ def random_vae(cfg, seed: int):
     return nnx.merge(graphdef, jax.tree.map(fill, abstract))
 
 
+def dtype_overrides() -> dict:
+    """DiT config fields set by --dtype."""
+    if FLAGS.dtype is None:
+        return {}
+    if FLAGS.dtype == "fp8":
+        return dict(dtype="bfloat16", param_dtype="bfloat16", fp8=True)
+    return dict(dtype=FLAGS.dtype, param_dtype=FLAGS.dtype)
+
+
 def load(model: str, seed: int):
     """(config, dit, vae, text_encoder) for --model, with the runtime flags applied."""
     import jax
@@ -103,8 +113,9 @@ def load(model: str, seed: int):
     from shotstream_jax.models.wan_vae import WanVAEConfig
     from shotstream_jax.text import ByteTokenizer, TextEncoder
 
-    overrides = {k: v for k, v in dict(dtype=FLAGS.dtype, param_dtype=FLAGS.dtype, scan_unroll=FLAGS.scan_unroll,
-                                       attention_impl=FLAGS.attention_impl).items() if v is not None}
+    overrides = dtype_overrides()
+    overrides.update({k: v for k, v in dict(scan_unroll=FLAGS.scan_unroll,
+                                            attention_impl=FLAGS.attention_impl).items() if v is not None})
     if model in RANDOM_SIZES:
         size, size_overrides = RANDOM_SIZES[model]
         if size == "toy":  # the bundled default model (fixed random weights, byte tokenizer, tiny umT5)
@@ -137,7 +148,7 @@ def configs(model: str):
         raise ValueError(f"--dry_run needs a random size ({sorted(RANDOM_SIZES)}), got --model={model!r}")
     size, size_overrides = RANDOM_SIZES[model]
     config = get_config(size, "generate")
-    overrides = {k: v for k, v in dict(dtype=FLAGS.dtype, param_dtype=FLAGS.dtype).items() if v is not None}
+    overrides = dtype_overrides()
     dit_cfg = WanDiTConfig.from_dict({**config.model.to_dict(), **size_overrides, **overrides})
     vae_cfg = default_model.VAE if size == "toy" else WanVAEConfig(dtype=dit_cfg.dtype)
     return config, dit_cfg, vae_cfg

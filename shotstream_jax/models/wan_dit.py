@@ -60,6 +60,7 @@ class WanDiTConfig:
     remat: bool = False
     scan_unroll: int = 1
     attention_impl: str = "auto"
+    fp8: bool = False  # the blocks' linear layers as E4M3 matmuls with per-tensor scales (inference)
 
     @property
     def head_dim(self) -> int:
@@ -206,8 +207,30 @@ def _axes(names: tuple) -> dict:
     return {"out_sharding": names, "eager_sharding": False}
 
 
-def _linear(cfg: WanDiTConfig, din: int, dout: int, axes: tuple[str, str], rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(
+E4M3_MAX = 448.0  # largest finite float8_e4m3fn
+
+
+def quantize_e4m3(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """a -> (float8_e4m3fn values, float32 per-tensor scale) with a ~= values * scale."""
+    scale = jnp.maximum(jnp.max(jnp.abs(a)).astype(jnp.float32), 1e-12) / E4M3_MAX
+    return (a.astype(jnp.float32) / scale).astype(jnp.float8_e4m3fn), scale
+
+
+class Fp8Linear(nnx.Linear):
+    """nnx.Linear (same parameters, so checkpoints load unchanged) computed as an FP8 E4M3 matmul:
+    input and kernel each scaled per tensor into E4M3's range, products accumulated in float32."""
+
+    def __call__(self, x):
+        xq, sx = quantize_e4m3(x)
+        wq, sw = quantize_e4m3(self.kernel[...])
+        y = jax.lax.dot_general(xq, wq, (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+        return (y * (sx * sw) + self.bias[...].astype(jnp.float32)).astype(self.dtype)
+
+
+def _linear(cfg: WanDiTConfig, din: int, dout: int, axes: tuple[str, str], rngs: nnx.Rngs,
+            fp8: bool = False) -> nnx.Linear:
+    """A Linear in the compute dtype; `fp8` (the blocks' layers, with cfg.fp8) makes it an `Fp8Linear`."""
+    return (Fp8Linear if fp8 and cfg.fp8 else nnx.Linear)(
         din, dout, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
         kernel_init=nnx.with_metadata(nnx.initializers.lecun_normal(), **_axes(axes)),
         bias_init=nnx.with_metadata(nnx.initializers.zeros_init(), **_axes((axes[1],))),
@@ -217,9 +240,9 @@ def _linear(cfg: WanDiTConfig, din: int, dout: int, axes: tuple[str, str], rngs:
 class MLP(nnx.Module):
     """Linear - GELU(tanh) - Linear (Wan's FFN and text embedding)."""
 
-    def __init__(self, cfg, din, dhidden, dout, rngs, axes=("embed", "mlp")):
-        self.fc1 = _linear(cfg, din, dhidden, axes, rngs)
-        self.fc2 = _linear(cfg, dhidden, dout, axes[::-1], rngs)
+    def __init__(self, cfg, din, dhidden, dout, rngs, axes=("embed", "mlp"), fp8=False):
+        self.fc1 = _linear(cfg, din, dhidden, axes, rngs, fp8)
+        self.fc2 = _linear(cfg, dhidden, dout, axes[::-1], rngs, fp8)
 
     def __call__(self, x):
         return self.fc2(jax.nn.gelu(self.fc1(x), approximate=True))
@@ -234,10 +257,10 @@ class _Attention(nnx.Module):
     def __init__(self, cfg: WanDiTConfig, rngs: nnx.Rngs):
         self.cfg = cfg
         d = cfg.dim
-        self.q = _linear(cfg, d, d, ("embed", "heads"), rngs)
-        self.k = _linear(cfg, d, d, ("embed", "heads"), rngs)
-        self.v = _linear(cfg, d, d, ("embed", "heads"), rngs)
-        self.o = _linear(cfg, d, d, ("heads", "embed"), rngs)
+        self.q = _linear(cfg, d, d, ("embed", "heads"), rngs, fp8=True)
+        self.k = _linear(cfg, d, d, ("embed", "heads"), rngs, fp8=True)
+        self.v = _linear(cfg, d, d, ("embed", "heads"), rngs, fp8=True)
+        self.o = _linear(cfg, d, d, ("heads", "embed"), rngs, fp8=True)
         pd = jnp.dtype(cfg.param_dtype)
         self.norm_q = RMSNorm(d, cfg.eps, param_dtype=pd, axis_name="heads")
         self.norm_k = RMSNorm(d, cfg.eps, param_dtype=pd, axis_name="heads")
@@ -306,7 +329,7 @@ class WanBlock(nnx.Module):
         self.self_attn = SelfAttention(cfg, rngs)
         self.cross_attn = CrossAttention(cfg, rngs)
         self.norm3 = AffineLayerNorm(cfg.dim, cfg.eps, param_dtype=pd) if cfg.cross_attn_norm else None
-        self.ffn = MLP(cfg, cfg.dim, cfg.ffn_dim, cfg.dim, rngs)
+        self.ffn = MLP(cfg, cfg.dim, cfg.ffn_dim, cfg.dim, rngs, fp8=True)
         self.modulation = nnx.Param(
             jax.random.normal(rngs.params(), (6, cfg.dim), pd) / cfg.dim ** 0.5,
             **_axes((None, "embed")))
