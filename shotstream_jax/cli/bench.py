@@ -9,8 +9,9 @@ It drives the real pipeline (`pipeline.ShotStream`, a session, `next_shot`
 per prompt): per shot the prompt is encoded by umT5 (timed alone as
 text_encode_s), the context frames sampled from the story so far are
 VAE-encoded and one context pass fills the global cache, then each of the 7
-chunks runs 4 denoising passes and 1 cache pass (36 DiT passes per shot) and is
-decoded by the streaming VAE decoder to uint8 frames on the host. Two untimed
+chunks runs, in one jitted call, the previous chunk's cache pass, its own 4
+denoising passes and the streaming VAE decode to uint8 frames (35 DiT passes
+per shot: the last chunk is not committed), read back one chunk later. Two untimed
 shots in a separate session (the first, with an empty global cache, and a
 second, with a context pass) compile everything; then --shots shots are timed
 in a fresh session.

@@ -8,7 +8,8 @@ self-attention query of a chunk sees
     which the context frames attend only to each other;
   * local cache: roped K/V of this shot's finished chunks, each written by a
     t=0 "commit" pass over the chunk's final x0 after its denoising steps.
-Per chunk: 4 denoising passes + 1 commit; per shot 7 x (4 + 1) + 1 = 36 passes.
+Per chunk: 4 denoising passes + 1 commit; per shot 7 x (4 + 1) + 1 = 36 passes, or 35 in
+inference, where the last chunk of a shot is not committed (no later chunk reads it).
 
 RoPE (`context.shot_layout`): context frames at positions 0..5 with their
 source shot index, target frames at 6 + frame index within the shot with shot
