@@ -16,6 +16,14 @@ Dff, patch volume P = pt*ph*pw and C = 16 latent channels:
 
 The cross-attention K/V of the text (text embedding MLP and per-layer k, v
 projections) are computed once per prompt, and counted in `text_kv_flops`.
+
+`cost_report` (`shotstream-bench --dry_run`) is the static side: per chunk,
+the same FLOPs split into matmuls, cross-attention, self-attention (useful:
+the keys a query must see; executed: what a kernel bounded by the valid
+prefix in key tiles computes; dense: what a kernel over the whole buffer
+computed before the cache was written in place) and the VAE decode, the bytes
+of weights and K/V a pass reads, and the roofline frames per second on named
+accelerators (max of compute time and memory time, pass by pass).
 """
 from __future__ import annotations
 
@@ -70,7 +78,7 @@ def text_kv_flops(cfg: WanDiTConfig, text_tokens: int) -> int:
 def shot_flops(cfg: WanDiTConfig, tokens_per_frame: int, text_tokens: int, context_frames: int,
                chunk_frames: int, chunks: int, steps: int, context_valid: int) -> int:
     """Model FLOPs of the DiT passes of one shot: a context pass, then per chunk `steps`
-    denoising passes and one cache pass.
+    denoising passes and one cache pass (none for the shot's last chunk).
 
     `context_valid` (<= context_frames) is how many context frames hold history
     (0 in the first shot: its context pass computes nothing that is used, so it
@@ -85,8 +93,79 @@ def shot_flops(cfg: WanDiTConfig, tokens_per_frame: int, text_tokens: int, conte
     q = chunk_frames * s
     for c in range(chunks):
         kv = context_valid * s + (c + 1) * q
-        total += (steps + 1) * dit_pass_flops(cfg, q, kv, text_tokens, chunk_frames)
+        passes = steps + (c < chunks - 1)  # a shot's last chunk is not committed
+        total += passes * dit_pass_flops(cfg, q, kv, text_tokens, chunk_frames)
     return total
+
+
+# name -> (dense bf16 FLOP/s, HBM bytes/s), vendor datasheets (SXM parts; TPU per chip).
+ROOFLINE_DEVICES = {
+    "H100": (989e12, 3.35e12),
+    "H200": (989e12, 4.8e12),
+    "A100": (312e12, 2.04e12),
+    "v5p": (459e12, 2.765e12),
+    "v6e": (918e12, 1.64e12),
+}
+
+
+class PassCost(NamedTuple):
+    """One DiT pass of the student: FLOPs by kind, bytes read from memory."""
+    matmul: int          # linear layers (self/cross q,k,v,o, FFN), patch embed, head, time MLP
+    cross_attn: int      # scores and weighted sum against the text tokens
+    self_useful: int     # scores and weighted sum against the keys the queries must see
+    self_executed: int   # the same over whole key tiles up to the valid prefix (what the kernels run)
+    self_dense: int      # the same over the whole cache buffer (a dense-mask kernel)
+    weight_bytes: int
+    kv_bytes: int        # the valid K/V prefix of every layer, read once
+
+    @property
+    def flops(self) -> int:
+        return self.matmul + self.cross_attn + self.self_executed
+
+
+def pass_cost(cfg: WanDiTConfig, q_tokens: int, kv_tokens: int, buffer_tokens: int, text_tokens: int, frames: int,
+              *, key_tile: int = 128, param_bytes: int = 2, kv_bytes: int = 2) -> PassCost:
+    """Static cost of one pass of q_tokens queries against a kv_tokens prefix of a buffer_tokens cache."""
+    d, layers = cfg.dim, cfg.num_layers
+    attn = lambda keys: layers * 4 * q_tokens * keys * d
+    total = dit_pass_flops(cfg, q_tokens, kv_tokens, text_tokens, frames)
+    cross = attn(text_tokens)
+    # Weights a pass reads: self-attention q,k,v,o, cross-attention q,o (the text K/V are cached), FFN,
+    # modulation; patch embedding, head, time MLP and projection.
+    params = (layers * (6 * d * d + 2 * d * cfg.ffn_dim + 6 * d)
+              + 2 * math.prod(cfg.patch_size) * cfg.in_channels * d + cfg.freq_dim * d + 7 * d * d)
+    return PassCost(matmul=total - attn(kv_tokens) - cross, cross_attn=cross, self_useful=attn(kv_tokens),
+                    self_executed=attn(-(-kv_tokens // key_tile) * key_tile), self_dense=attn(buffer_tokens),
+                    weight_bytes=params * param_bytes, kv_bytes=layers * 2 * kv_tokens * d * kv_bytes)
+
+
+def shot_costs(cfg: WanDiTConfig, tokens_per_frame: int, text_tokens: int, context_frames: int, chunk_frames: int,
+               chunks: int, steps: int, context_valid: int, **kw) -> list[list[PassCost]]:
+    """The passes of each chunk as the pipeline runs them: `steps` denoising passes and, for every
+    chunk but the shot's last, its commit pass (run at the start of the next chunk's call).
+    The shot's context pass, when it has context, is prepended to chunk 0."""
+    s = tokens_per_frame
+    buffer = (context_frames + chunks * chunk_frames) * s
+    q = chunk_frames * s
+    out = []
+    for c in range(chunks):
+        kv = context_valid * s + (c + 1) * q
+        one = pass_cost(cfg, q, kv, buffer, text_tokens, chunk_frames, **kw)
+        out.append([one] * (steps + (c < chunks - 1)))
+    if context_valid:
+        n = context_valid * s
+        out[0] = [pass_cost(cfg, n, n, n, text_tokens, context_valid, **kw)] + out[0]
+    return out
+
+
+def roofline_seconds(passes: list[PassCost], vae_flops: float, peak: float, bandwidth: float,
+                     dense: bool = False) -> float:
+    """Lower bound on the time of `passes` and a VAE decode: per pass the max of compute and memory time."""
+    t = 0.0
+    for p in passes:
+        flops = p.flops - p.self_executed + (p.self_dense if dense else p.self_executed)
+        t += max(flops / peak, (p.weight_bytes + p.kv_bytes) / bandwidth)
+    return t + vae_flops / peak
 
 
 def peak_flops(device_kind: str) -> float | None:

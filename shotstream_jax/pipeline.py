@@ -12,12 +12,22 @@ frames (re-encoded by the VAE from the decoded history, each as its own
 1-frame clip, as the original does), one t=0 pass writes them into the global
 cache, then 7 chunks of 3 latent frames are each denoised in 4 steps,
 committed to the local cache by a t=0 pass, and decoded by the streaming VAE
-decoder while the next chunk is computed. Every jitted function compiles once:
-shapes never change between chunks or shots.
+decoder. Every jitted function compiles once: shapes never change between
+chunks or shots.
+
+The hot path is one jitted call per chunk (`_stream_chunk`): the previous
+chunk's commit pass, this chunk's 4 denoising steps, its VAE decode and the
+conversion to uint8, with the DiT cache and the decoder cache donated. A
+chunk's frames are read back to the host while the next chunk is computing
+(one chunk later), and the story's decoded history stays on the device as
+uint8. A shot's last chunk is never committed (no later chunk reads it).
+The session's state is its list of shots (`Session.shots`: prompt, text
+embedding, uint8 frames) and its seed: truncating the list rewinds the story.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Iterator, Optional
 
 import jax
@@ -29,22 +39,43 @@ from flax import nnx
 from shotstream_jax import context as ctx_lib
 from shotstream_jax import schedule
 from shotstream_jax.models import student
+from shotstream_jax.models import wan_dit
 from shotstream_jax.models.wan_dit import TextKV, WanDiT
-from shotstream_jax.models.wan_vae import WanVAE, decode_step
+from shotstream_jax.models.wan_vae import DecodeCache, WanVAE
 from shotstream_jax.story import check_prompt
 from shotstream_jax.text import TextEncoder, shot_prompt
 
 
-def to_uint8(frames: np.ndarray) -> np.ndarray:
-    """[-1, 1] float frames -> uint8."""
-    return np.clip(np.round((np.asarray(frames, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+def to_uint8(frames: jax.Array) -> jax.Array:
+    """[-1, 1] float frames -> uint8 (on the device that holds them)."""
+    return jnp.clip(jnp.round((jnp.asarray(frames, jnp.float32) + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+def from_uint8(frames: jax.Array) -> jax.Array:
+    """uint8 frames -> f32 in [-1, 1]."""
+    return frames.astype(jnp.float32) / 127.5 - 1.0
 
 
 @dataclasses.dataclass
 class _Shot:
     prompt: str                # the full multi-caption prompt of this shot
     embedding: jax.Array       # f32[L, text_dim]
-    frames: np.ndarray         # f32[T, H, W, 3] in [-1, 1], the decoded shot
+    frames: jax.Array          # uint8[T, H, W, 3] on the device, the decoded shot
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(5, 6))
+def _stream_chunk(dit_graphdef, vae_graphdef, n: int, dit_state, vae_state, cache: student.DualCache,
+                  decode_cache: DecodeCache, pending, shot_noise, k_steps, chunk, text_kv: TextKV, target_shot,
+                  shot_theta, timesteps):
+    """A chunk's whole device work in one call: commit `pending` (the previous chunk's x0, None in a
+    shot's first chunk), denoise chunk `chunk` (n latent frames) of the shot's noise, decode, to uint8.
+    Returns (frames uint8[n', H, W, 3], x0, cache, decode_cache)."""
+    noise = jax.lax.dynamic_slice_in_dim(shot_noise, chunk * n, n, axis=1)
+    x0, cache = student.chunk_pass(nnx.merge(dit_graphdef, dit_state), cache, pending, noise,
+                                   jax.random.fold_in(k_steps, chunk), text_kv, target_shot, shot_theta, timesteps)
+    vae = nnx.merge(vae_graphdef, vae_state)
+    frames, decode_cache = vae.decode_chunk(vae.cfg.denormalize(x0), decode_cache)
+    return to_uint8(frames[0]), x0, cache, decode_cache
 
 
 class ShotStream:
@@ -52,7 +83,7 @@ class ShotStream:
 
     def __init__(self, config: ml_collections.ConfigDict, dit: WanDiT, vae: WanVAE, text_encoder: TextEncoder):
         self.config = config
-        self.dit = dit
+        self.dit = wan_dit.for_inference(dit)  # bf16 parameters on accelerators
         self.vae = vae
         self.text_encoder = text_encoder
         ss = config.shotstream
@@ -77,7 +108,8 @@ class ShotStream:
                              f"got {self.first_shot_context!r}")
         self.timesteps = jnp.asarray(
             schedule.student_timesteps(tuple(ss.denoising_steps), ss.timestep_shift), jnp.float32)
-        self._graphdef, self._state = nnx.split(dit)
+        self._graphdef, self._state = nnx.split(self.dit)
+        self._vae_graphdef, self._vae_state = nnx.split(vae)
         self._text_kv = jax.jit(lambda state, emb: nnx.merge(self._graphdef, state).encode_text(emb))
 
     @classmethod
@@ -98,12 +130,12 @@ class ShotStream:
         """f32[B, (P,) L, text_dim] -> per-layer cross-attention K/V, once per prompt set."""
         return self._text_kv(self._state, embeddings)
 
-    def encode_context(self, frames: np.ndarray) -> jax.Array:
-        """Context frames f32[Nc, H, W, 3] in [-1, 1] -> normalised latents f32[1, Nc, h, w, 16].
+    def encode_context(self, frames: jax.Array) -> jax.Array:
+        """Context frames uint8[Nc, H, W, 3] -> normalised latents f32[1, Nc, h, w, 16].
 
         Each frame is encoded as its own 1-frame clip (the batch axis), as the original.
         """
-        z = self.vae.encode(jnp.asarray(frames)[:, None])  # [Nc, 1, h, w, z]
+        z = self.vae.encode(from_uint8(jnp.asarray(frames))[:, None])  # [Nc, 1, h, w, z]
         return self.vae.cfg.normalize(z[:, 0])[None]
 
 
@@ -142,14 +174,15 @@ class Session:
                                              shot_frames=p.shot_latent_frames)
         if self.shots:
             picks = ctx_lib.sample_context([len(s.frames) for s in self.shots], nc)
-            latents = p.encode_context(np.stack([self.shots[s].frames[f] for s, f in picks]))
+            latents = p.encode_context(jnp.stack([self.shots[s].frames[f] for s, f in picks]))
             shots = [s for s, _ in picks]
             embeddings = [self.shots[s].embedding for s in shots]
         elif p.first_shot_context == "zeros":  # the original: six all-zero latents in shot 0, attended to
             latents = jnp.zeros((1, nc, *p.latent_hw, p.dit.cfg.in_channels))
             shots, embeddings = [], [embedding] * nc
-        else:  # first shot: empty global cache, masked out
-            return self._cache, ctx_lib.shot_layout([], 0, p.shot_latent_frames, nc).target_shot
+        else:  # first shot: empty global cache, left out of the key prefix
+            empty = self._cache.replace(context_len=jnp.zeros((), jnp.int32), num_local=jnp.zeros((), jnp.int32))
+            return empty, ctx_lib.shot_layout([], 0, p.shot_latent_frames, nc).target_shot
         layout = ctx_lib.shot_layout(shots, len(self.shots), p.shot_latent_frames, nc)
         # Multi-caption: each context frame cross-attends to its own shot's prompt.
         text_kv = p.text_kv(jnp.stack(embeddings)[None])
@@ -173,24 +206,25 @@ class Session:
         cache, target_shot = self._prepare_cache(emb[0])
         self._cache = None  # donated to the jitted passes below
         decode_cache = p.vae.init_decode_cache(1, *p.latent_hw)
-        pending, decoded = [], []
-
-        def decode(x0):
-            nonlocal decode_cache
-            frames, decode_cache = decode_step(p.vae, p.vae.cfg.denormalize(x0), decode_cache)
-            pending.append(frames)
-
-        chunks = student.shot_chunks(
-            p._graphdef, p._state, cache, jax.random.fold_in(self.key, index), text_kv, target_shot,
-            shot_theta=p.shot_theta, timesteps=p.timesteps, chunk_frames=p.chunk_frames,
-            latent_hw=p.latent_hw, before_commit=decode)
+        noise, k_steps = student.shot_noise(jax.random.fold_in(self.key, index), cache, 1, p.latent_hw)
+        shot_args = (text_kv, jnp.asarray(target_shot, jnp.int32), jnp.asarray(p.shot_theta, jnp.float32),
+                     p.timesteps)
+        x0, ready, decoded, shown = None, None, [], 0
         try:
-            for _, cache in chunks:
-                frames = np.asarray(pending.pop()[0])
+            for c in range(p.chunks_per_shot):
+                frames, x0, cache, decode_cache = _stream_chunk(
+                    p._graphdef, p._vae_graphdef, p.chunk_frames, p._state, p._vae_state, cache, decode_cache, x0,
+                    noise, k_steps, np.int32(c), *shot_args)
+                frames.copy_to_host_async()
                 decoded.append(frames)
-                yield to_uint8(frames)
-        except GeneratorExit:
-            self.shots.append(_Shot(full, emb[0], np.concatenate(decoded)))
+                if ready is not None:  # the previous chunk's frames, read while this one computes
+                    shown += 1
+                    yield np.asarray(ready)
+                ready = frames
+            shown += 1
+            yield np.asarray(ready)
+        except GeneratorExit:  # a cut: the chunks the consumer was given become the shot
+            self.shots.append(_Shot(full, emb[0], jnp.concatenate(decoded[:shown])))
             raise
         self._cache = cache
-        self.shots.append(_Shot(full, emb[0], np.concatenate(decoded)))
+        self.shots.append(_Shot(full, emb[0], jnp.concatenate(decoded)))

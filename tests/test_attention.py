@@ -28,19 +28,17 @@ def _qkv(b, lq, lk, h, d, dtype=jnp.float32, seed=0):
 
 
 def _mask(kind, b, lq, lk):
-    """Masks shaped like the student's: a partly written cache, chunked queries."""
+    """Masks shaped like the student's: a partly written cache (a key prefix), chunked queries."""
     if kind is None:
         return None
-    # Batch 1 has a cache hole (unwritten slots) in the middle of the keys.
-    valid = np.ones((b, lk), bool)
-    valid[-1, lk // 5: 2 * lk // 5] = False
-    kv_valid = jnp.asarray(valid) if kind in ("valid", "both") else None
-    if kind == "valid":
-        return MaskSpec(kv_valid=kv_valid)
+    # The last example sees only the first 3/5 of the keys (a cache buffer written so far).
+    kv_len = jnp.full((b,), lk, jnp.int32).at[-1].set(3 * lk // 5) if kind in ("len", "both") else None
+    if kind == "len":
+        return MaskSpec(kv_len=kv_len)
     # Keys are frames of 30 tokens; the queries are the last lq keys' tokens.
     kv_chunk = jnp.arange(lk, dtype=jnp.int32) // 30
     q_chunk = kv_chunk[lk - lq:]
-    return MaskSpec(kv_valid=kv_valid, q_chunk=q_chunk, kv_chunk=kv_chunk)
+    return MaskSpec(kv_len=kv_len, q_chunk=q_chunk, kv_chunk=kv_chunk)
 
 
 def _rel_err(a, b):
@@ -77,7 +75,7 @@ def _pallas(q, k, v, mask):
 CASES = [
     (1, 96, 96, 2, 64, jnp.float32, None),
     (2, 90, 90, 2, 32, jnp.float32, "chunk"),
-    (2, 60, 150, 2, 64, jnp.float32, "valid"),
+    (2, 60, 150, 2, 64, jnp.float32, "len"),
     (2, 60, 150, 2, 64, jnp.float32, "both"),
     (1, 100, 24, 2, 32, jnp.float32, None),
     (2, 60, 170, 2, 128, jnp.bfloat16, "both"),
@@ -115,8 +113,8 @@ def test_pallas_skips_fully_masked_tiles():
     # NaN values in whole masked key tiles never reach the output: those tiles
     # are skipped, not multiplied by zero (0 * NaN would be NaN).
     q, k, v = _qkv(1, 32, 128, 2, 32)
-    valid = jnp.ones((1, 128), bool).at[:, 32:96].set(False)
-    mask = MaskSpec(kv_valid=valid)
+    chunk = jnp.repeat(jnp.array([0, 1, 2, 0], jnp.int32), 32)
+    mask = MaskSpec(q_chunk=jnp.zeros(32, jnp.int32), kv_chunk=chunk)
     v_nan = v.at[:, 32:96].set(jnp.nan)
     out = _pallas(q, k, v_nan, mask)
     np.testing.assert_allclose(out, _xla(q, k, v, mask), atol=1e-5, rtol=1e-5)
@@ -124,12 +122,62 @@ def test_pallas_skips_fully_masked_tiles():
     assert np.asarray(flash_gpu._live_tiles(q_id, kv_id, 32, 32)).tolist() == [[[True, False, False, True]]]
 
 
+@pytest.mark.parametrize("impl", ["xla", "pallas_interpret", "splash_interpret"])
+def test_key_lengths_match_dense_mask_reference(impl, monkeypatch):
+    # Reference: the dense-mask einsum path (`_xla`, itself checked against numpy below).
+    # Lengths cut key blocks in the middle, one example sees a single block, Lk is no
+    # multiple of any block; the XLA path's blocks are made small so that it loops.
+    monkeypatch.setattr(attention_mod, "KEY_BLOCK", 32)
+    fn = {"xla": lambda q, k, v, m: attention(q, k, v, m, impl="xla"),
+          "pallas_interpret": _pallas,
+          "splash_interpret": lambda q, k, v, m: splash_tpu.splash_attention(q, k, v, m, interpret=True)}[impl]
+    q, k, v = _qkv(3, 40, 150, 2, 32)
+    mask = MaskSpec(kv_len=jnp.array([150, 77, 20], jnp.int32))
+    w = jax.random.normal(jax.random.PRNGKey(7), q.shape)
+    out = jax.jit(lambda q, k, v: fn(q, k, v, mask))(q, k, v)
+    np.testing.assert_allclose(out, _xla(q, k, v, mask), atol=1e-5, rtol=1e-5)
+    loss = lambda f: lambda q, k, v: jnp.sum(f(q, k, v, mask) * w)
+    grads = jax.jit(jax.grad(loss(fn), argnums=(0, 1, 2)))(q, k, v)
+    for g, r in zip(grads, jax.grad(loss(_xla), argnums=(0, 1, 2))(q, k, v)):
+        assert _rel_err(g, r) < 1e-5
+
+
+def test_xla_blocked_without_mask_matches_reference(monkeypatch):
+    # Reference: the dense einsum path. 100 keys in blocks of 32: the last block overlaps the third.
+    monkeypatch.setattr(attention_mod, "KEY_BLOCK", 32)
+    q, k, v = _qkv(2, 50, 100, 2, 16)
+    np.testing.assert_allclose(attention(q, k, v, impl="xla"), _xla(q, k, v, None), atol=1e-5, rtol=1e-5)
+
+
+def test_pallas_visits_no_key_tile_past_the_prefix(monkeypatch):
+    # Reference: ceil(kv_len / block_k) tiles per query tile, counted from the
+    # kernel's own loop bounds; NaN in every key tile past the prefix proves none is read.
+    counts = []
+    tile_lists = flash_gpu._tile_lists
+
+    def counting(live):
+        order, count = tile_lists(live)
+        jax.debug.callback(lambda c: counts.append(np.asarray(c)), count)
+        return order, count
+
+    monkeypatch.setattr(flash_gpu, "_tile_lists", counting)
+    q, k, v = _qkv(2, 64, 256, 2, 32)
+    kv_len = np.array([70, 200])
+    mask = MaskSpec(kv_len=jnp.asarray(kv_len, jnp.int32))
+    past = (np.arange(256)[None, :] >= -(-kv_len[:, None] // 32) * 32)[:, :, None, None]
+    k_nan, v_nan = (jnp.where(past, jnp.nan, x) for x in (k, v))
+    out = jax.block_until_ready(_pallas(q, k_nan, v_nan, mask))
+    np.testing.assert_allclose(out, _xla(q, k, v, mask), atol=1e-5, rtol=1e-5)
+    (count,) = counts  # [B, query tiles]: the key tiles each program loops over
+    assert count.tolist() == [[3, 3], [7, 7]]
+
+
 def test_pallas_query_without_keys_gives_zeros():
     # Reference: the contract in flash_gpu's docstring (XLA would give NaN).
     # Batch 0 has no valid key, so no live tile; in batch 1, queries 0-9 sit
     # in a live tile (queries 10-19 see chunk 1) but see only masked logits.
     q, k, v = _qkv(2, 20, 40, 2, 32)
-    mask = MaskSpec(kv_valid=jnp.ones((2, 40), bool).at[0].set(False),
+    mask = MaskSpec(kv_len=jnp.array([0, 40], jnp.int32),
                     q_chunk=jnp.repeat(jnp.array([0, 5], jnp.int32), 10),
                     kv_chunk=jnp.ones(40, jnp.int32))
     loss = lambda q, k, v: jnp.sum(_pallas(q, k, v, mask) ** 2)
@@ -188,7 +236,7 @@ def test_pallas_lowers_for_cuda(monkeypatch):
     # fwd+bwd. XLA compiles that IR only with the CUDA plugin; see the next test.
     q = jax.ShapeDtypeStruct((1, 4680, 12, 128), jnp.bfloat16)
     kv = jax.ShapeDtypeStruct((1, 42120, 12, 128), jnp.bfloat16)
-    mask = MaskSpec(jax.ShapeDtypeStruct((1, 42120), jnp.bool_),
+    mask = MaskSpec(jax.ShapeDtypeStruct((1,), jnp.int32),
                     jax.ShapeDtypeStruct((4680,), jnp.int32),
                     jax.ShapeDtypeStruct((42120,), jnp.int32))
     fwd = lambda q, k, v, m: attention(q, k, v, m, impl="pallas")
@@ -219,7 +267,7 @@ def test_pallas_triton_ir_compiles_for_sm90(monkeypatch, tmp_path):
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     q = jax.ShapeDtypeStruct((1, 300, 2, 128), jnp.bfloat16)
     kv = jax.ShapeDtypeStruct((1, 1000, 2, 128), jnp.bfloat16)
-    mask = MaskSpec(jax.ShapeDtypeStruct((1, 1000), jnp.bool_),
+    mask = MaskSpec(jax.ShapeDtypeStruct((1,), jnp.int32),
                     jax.ShapeDtypeStruct((300,), jnp.int32),
                     jax.ShapeDtypeStruct((1000,), jnp.int32))
     loss = lambda q, k, v, m: attention(q, k, v, m, impl="pallas").astype(jnp.float32).sum()

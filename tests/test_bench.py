@@ -25,17 +25,55 @@ def test_text_kv_flops_by_hand():
     assert perf.text_kv_flops(CFG, 16) == 196608 + 2 * 262144
 
 
-def test_shot_flops_counts_36_passes():
-    """Reference: the sum over passes written out (1 context pass + 2 chunks x (4 + 1)), 4 tokens per frame."""
+def test_shot_flops_counts_the_passes():
+    """Reference: the sum over passes written out (1 context pass, 2 chunks x 4 denoising passes,
+    1 commit: the shot's last chunk is not committed), 4 tokens per frame."""
     s, nc, n = 4, 6, 3
     expected = perf.dit_pass_flops(CFG, nc * s, nc * s, 16, nc)
     expected += 5 * perf.dit_pass_flops(CFG, n * s, nc * s + n * s, 16, n)
-    expected += 5 * perf.dit_pass_flops(CFG, n * s, nc * s + 2 * n * s, 16, n)
+    expected += 4 * perf.dit_pass_flops(CFG, n * s, nc * s + 2 * n * s, 16, n)
     assert perf.shot_flops(CFG, s, 16, nc, n, chunks=2, steps=4, context_valid=nc) == expected
     no_history = expected - perf.dit_pass_flops(CFG, nc * s, nc * s, 16, nc)
-    # neither chunk's 5 passes attend to a context frame: 4*Lq*Lk*D fewer per layer
-    no_history -= 2 * 5 * CFG.num_layers * 4 * (n * s) * (nc * s) * CFG.dim
+    # neither chunk's 9 passes attend to a context frame: 4*Lq*Lk*D fewer per layer
+    no_history -= 9 * CFG.num_layers * 4 * (n * s) * (nc * s) * CFG.dim
     assert perf.shot_flops(CFG, s, 16, nc, n, chunks=2, steps=4, context_valid=0) == no_history
+
+
+def test_pass_cost_matches_xla_cost_analysis():
+    """Reference: XLA's cost analysis of a jitted DiT pass on CPU (layers unrolled, attention in one
+    key block so that no loop hides FLOPs); it also counts the elementwise work, hence 3%."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from shotstream_jax.kernels.attention import single_key_block
+    from shotstream_jax.models.wan_dit import WanDiT
+    cfg = WanDiTConfig(dim=256, ffn_dim=1024, num_heads=2, num_layers=2, text_dim=64, text_len=16, freq_dim=32,
+                       attention_impl="xla", scan_unroll=2)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0))))
+    tkv = jax.eval_shape(lambda st: nnx.merge(graphdef, st).encode_text(jnp.zeros((1, 16, 64))), state)
+    fwd = jax.jit(lambda st, x, t, tkv: nnx.merge(graphdef, st)(x, t, text_kv=tkv))
+    with single_key_block():
+        lowered = fwd.trace(state, jax.ShapeDtypeStruct((1, 3, 16, 16, 16), jnp.float32),
+                            jax.ShapeDtypeStruct((1,), jnp.float32), tkv).lower()
+    analysis = lowered.cost_analysis()
+    xla_flops = (analysis[0] if isinstance(analysis, list) else analysis)["flops"]
+    cost = perf.pass_cost(cfg, 192, 192, 192, 16, 3, key_tile=1)
+    assert cost.self_useful == cost.self_executed == cost.self_dense
+    assert cost.flops == perf.dit_pass_flops(cfg, 192, 192, 16, 3)
+    assert abs(xla_flops / cost.flops - 1) < 0.03
+
+
+def test_shot_costs_prefix_against_dense():
+    """Reference: the key counts written out for 2 chunks of 12 tokens after 24 context tokens in a
+    48-token buffer, key tiles of 16: prefixes 36 and 48 keys, executed 48 and 48, dense 48."""
+    chunks = perf.shot_costs(CFG, 4, 16, 6, 3, chunks=2, steps=4, context_valid=6, key_tile=16)
+    assert [len(c) for c in chunks] == [1 + 5, 4]  # context pass + 4 steps + commit; 4 steps
+    unit = CFG.num_layers * 4 * 12 * CFG.dim  # self-attention FLOPs per key for 12 queries
+    first, last = chunks[0][1], chunks[1][0]
+    assert (first.self_useful, first.self_executed, first.self_dense) == (36 * unit, 48 * unit, 48 * unit)
+    assert (last.self_useful, last.self_executed, last.self_dense) == (48 * unit, 48 * unit, 48 * unit)
+    assert first.kv_bytes == CFG.num_layers * 2 * 36 * CFG.dim * 2
 
 
 def test_time_shot_bookkeeping():
@@ -84,6 +122,23 @@ def test_cli_json_fields(tmp_path):
     assert d["config"]["height"] == 16 and d["config"]["width"] == 16 and d["config"]["dit"]["num_layers"] == 2
     assert len(d["flops_per_shot"]) == 2 and d["flops_per_shot"][1] > d["flops_per_shot"][0] > 0
     assert "ShotStream" in d["pipeline"] and d["config"]["umt5"]["d_model"] == 32
+
+
+def test_cli_dry_run_report(tmp_path):
+    """Reference: perf.shot_costs / roofline_seconds on the same shapes (toy at 32x32: 4 tokens per frame)."""
+    out = tmp_path / "cost.json"
+    r = run_python("-m", "shotstream_jax.cli.bench", "--model=toy", "--dry_run", f"--json={out}", timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "roofline H100" in r.stdout and "self_attention_useful_flops" in r.stdout
+    d = json.loads(out.read_text())
+    first, later = d["shots"]["first shot (empty global cache)"], d["shots"]["later shots (full context)"]
+    assert first["passes_per_chunk"] == [5] * 6 + [4] and later["passes_per_chunk"] == [6] + [5] * 5 + [4]
+    cfg = WanDiTConfig.from_size("tiny", text_dim=32, freq_dim=32, text_len=256)
+    costs = perf.shot_costs(cfg, 4, 256, 6, 3, 7, 4, 6, param_bytes=4, kv_bytes=4)
+    assert later["self_attention_useful_flops"] == sum(p.self_useful for c in costs for p in c)
+    assert later["self_attention_dense_flops"] > later["self_attention_useful_flops"]
+    assert set(later["roofline"]) == {"H100", "H200", "A100", "v5p", "v6e"}
+    assert d["vae_decode_flops_per_chunk"] > 0
 
 
 def test_cli_rejects_unknown_model():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from shotstream_jax import ShotStream, pipeline
-from shotstream_jax.models import student, wan_vae
+from shotstream_jax.models import student
 
 
 @pytest.fixture(scope="module")
@@ -20,25 +20,45 @@ def test_default_model_shapes(pipe):
 
 
 def test_streams_chunk_by_chunk(pipe, monkeypatch):
-    calls, order = [], []
-    real = student.denoise_chunk
-    monkeypatch.setattr(student, "denoise_chunk", lambda *a, **k: calls.append(1) or real(*a, **k))
-    for module, name in ((student, "commit_chunk"), (pipeline, "decode_step")):
-        fn = getattr(module, name)
-        monkeypatch.setattr(module, name, lambda *a, _f=fn, _n=name, **k: order.append(_n) or _f(*a, **k))
+    calls = []
+    real = pipeline._stream_chunk
+    monkeypatch.setattr(pipeline, "_stream_chunk", lambda *a, **k: calls.append(1) or real(*a, **k))
     shot = pipe.session("A quiet harbour at dawn.", seed=1).next_shot("Boats rock gently.")
     first = next(shot)
-    assert len(calls) == 1  # the first chunk is out before the second is computed
-    assert order == ["decode_step", "commit_chunk"]  # frames do not wait for the commit pass
+    assert len(calls) == 2  # chunk 0's frames are read while chunk 1 computes, not later
     assert first.dtype == np.uint8 and first.shape == (9, 32, 32, 3)
     rest = list(shot)
     assert [len(f) for f in rest] == [12] * 6 and len(calls) == 7
 
 
+def test_one_device_dispatch_per_chunk(pipe, monkeypatch):
+    # Reference: a count of every computation JAX launches on the device. With the
+    # C++ fast path off, jitted calls and eager ops alike go through ExecuteReplicated.
+    from jax._src import pjit
+    from jax._src.interpreters import pxla
+    launched = []
+    execute = pxla.ExecuteReplicated.__call__
+    monkeypatch.setattr(pjit, "_get_fastpath_data", lambda *a, **k: None)
+    for cache in (pjit._cpp_pjit_cache_fun_only, pjit._cpp_pjit_cache_explicit_attributes):
+        cache.clear()  # fast-path entries made by earlier tests (compiled code stays cached)
+    monkeypatch.setattr(pxla.ExecuteReplicated, "__call__",
+                        lambda self, *a, **k: launched.append(self.name) or execute(self, *a, **k))
+    session = pipe.session("A quiet harbour at dawn.", seed=1)
+    for prompt in ("Boats rock gently.", "A gull lands."):  # the first shot, and one with a context pass
+        shot = session.next_shot(prompt)
+        next(shot)  # the shot's set-up, chunks 0 and 1
+        launched.clear()
+        per_chunk = []
+        for _ in shot:
+            per_chunk.append(launched[:])
+            launched.clear()
+        assert per_chunk == [["jit(_stream_chunk)"]] * 5 + [[]]
+
+
 def test_one_compile_for_five_shots_and_causality(pipe):
     prompts = ["Wide shot of a forest.", "A fox looks up.", "Close-up of its eyes.", "It runs away.",
                "Empty clearing."]
-    jitted = [student.fill_global_cache, student.denoise_chunk, student.commit_chunk, wan_vae._decode_step]
+    jitted = [student.fill_global_cache, pipeline._stream_chunk]
     session = pipe.session("A misty forest.", seed=7)
     shots = [np.concatenate(list(session.next_shot(p))) for p in prompts[:2]]
     sizes = [f._cache_size() for f in jitted]
@@ -89,6 +109,6 @@ def test_first_shot_matches_full_sequence_reference(mode):
         ctx, tkv = None, pipe.dit.encode_text(emb)
     key = jax.random.fold_in(jax.random.PRNGKey(4), 0)
     latents = reference_shot(pipe.dit, ctx, layout, tkv, key, pipe.latent_hw, frames=21, theta=pipe.shot_theta)
-    want = pipeline.to_uint8(np.asarray(pipe.vae.decode(pipe.vae.cfg.denormalize(latents)))[0])
+    want = np.asarray(pipeline.to_uint8(pipe.vae.decode(pipe.vae.cfg.denormalize(latents))[0]))
     assert got.shape == want.shape == (81, 32, 32, 3)
     assert np.abs(got.astype(int) - want).max() <= 1  # uint8 rounding of float32-equal frames

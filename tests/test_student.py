@@ -71,7 +71,8 @@ def test_chunked_generation_matches_full_sequence_two_shots(setup):
     np.testing.assert_allclose(cache.global_v, v, rtol=1e-6, atol=1e-6)
     assert bool(cache.global_valid.all())
 
-    # The local cache fills in chunk order; slots past the write index keep their old contents.
+    # The local cache fills in chunk order, in place: chunk c's step commits chunk c-1 and its
+    # denoising passes write chunk c's slot; slots past it keep their old contents.
     noise_key = jax.random.PRNGKey(1)
     prev = np.asarray(cache.local_k)
     ft = cache.frame_tokens
@@ -79,11 +80,12 @@ def test_chunked_generation_matches_full_sequence_two_shots(setup):
     for c, (x0, cache) in enumerate(student.shot_chunks(gd, st, cache, noise_key, _prompt(tkv, 1),
                                                         lay1.target_shot, **kw)):
         now = np.asarray(cache.local_k)
-        assert int(cache.num_local) == 3 * (c + 1)
+        assert int(cache.num_local) == 3 * c
         np.testing.assert_array_equal(now[:, :, 3 * (c + 1) * ft:], prev[:, :, 3 * (c + 1) * ft:])
-        np.testing.assert_array_equal(now[:, :, :3 * c * ft], prev[:, :, :3 * c * ft])
+        np.testing.assert_array_equal(now[:, :, :3 * max(c - 1, 0) * ft], prev[:, :, :3 * max(c - 1, 0) * ft])
         prev = now
         chunks.append(x0)
+    cache = student.commit_chunk(gd, st, cache, chunks[-1], _prompt(tkv, 1), lay1.target_shot, THETA)
     got1 = jnp.concatenate(chunks, axis=1)
     want1 = reference_shot(dit, ctx, lay1, tkv, noise_key, hw)
     np.testing.assert_allclose(got1, want1, rtol=1e-5, atol=1e-5)
@@ -118,10 +120,11 @@ def test_one_compile_for_five_shots_and_causality(setup):
     cfg, dit, tkv = setup
     gd, st = nnx.split(dit)
     hw = (4, 6)  # a shape no other test uses, so every compile below is counted
-    fns = (student.fill_global_cache, student.denoise_chunk, student.commit_chunk)
+    fns = (student.fill_global_cache, student.chunk_step, student.commit_chunk)
     before = [f._cache_size() for f in fns]
     five = _story(gd, st, cfg, tkv, 5, hw, jax.random.PRNGKey(3))
-    assert [f._cache_size() - b for f, b in zip(fns, before)] == [1, 1, 1]
+    # chunk_step: a shot's first chunk (nothing to commit) and every later one.
+    assert [f._cache_size() - b for f, b in zip(fns, before)] == [1, 2, 1]
     assert all(bool(jnp.isfinite(s).all()) for s in five)
     two = _story(gd, st, cfg, tkv, 2, hw, jax.random.PRNGKey(3))
     for a, b in zip(two, five[:2]):
@@ -129,7 +132,7 @@ def test_one_compile_for_five_shots_and_causality(setup):
 
 
 def test_rollout_matches_chunk_functions_and_has_gradient(setup):
-    """Reference: the jitted denoise_chunk(exit_step) + commit_chunk loop with the same keys."""
+    """Reference: the jitted chunk_step(exit_step) loop (commits deferred) with the same keys."""
     cfg, dit, tkv = setup
     gd, st = nnx.split(dit)
     hw = (4, 4)
@@ -140,11 +143,10 @@ def test_rollout_matches_chunk_functions_and_has_gradient(setup):
         cache = student.init_cache(cfg, 1, hw, shot_frames=SHOT)
         got, cache_r, t_from, t_to = rollout(gd, st, cache, noise, k_steps, tk, 1, exit_step, THETA, TS)
         cache = student.init_cache(cfg, 1, hw, shot_frames=SHOT)
-        want = []
+        want, x0 = [], None
         for c in range(3):
-            x0 = student.denoise_chunk(gd, st, cache, noise[:, 3 * c:3 * c + 3], jax.random.fold_in(k_steps, c),
-                                       tk, 1, THETA, TS, exit_step)
-            cache = student.commit_chunk(gd, st, cache, x0, tk, 1, THETA)
+            x0, cache = student.chunk_step(gd, st, cache, x0, noise[:, 3 * c:3 * c + 3],
+                                           jax.random.fold_in(k_steps, c), tk, 1, THETA, TS, exit_step)
             want.append(x0)
         np.testing.assert_allclose(got, jnp.concatenate(want, 1), rtol=1e-5, atol=1e-5)
         assert int(cache_r.num_local) == SHOT
@@ -158,3 +160,31 @@ def test_rollout_matches_chunk_functions_and_has_gradient(setup):
     grads = jax.jit(jax.grad(loss))(st)
     norms = [float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads)]
     assert all(np.isfinite(norms)) and sum(norms) > 0
+
+
+def test_chunk_step_lowered_for_cuda_has_no_cache_copy_or_dense_mask(monkeypatch):
+    # Reference: the shapes of the StableHLO ops of the chunk step (a commit pass and 4
+    # denoising passes) lowered for CUDA with the Pallas kernel, which needs no GPU.
+    import re
+    cfg = WanDiTConfig.from_size("tiny", text_dim=32, freq_dim=32, text_len=16, dtype="bfloat16",
+                                 attention_impl="pallas")
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0))))
+    hw = (8, 8)
+    cache = jax.eval_shape(lambda: student.init_cache(cfg, 1, hw))
+    lq, lk = 3 * cache.frame_tokens, cache.k.shape[2]  # 48 queries, a 432-key buffer
+    x = jax.ShapeDtypeStruct((1, 3, *hw, 16), jnp.float32)
+    tkv = TextKV(*(jax.ShapeDtypeStruct((2, 1, 16, 2, 32), jnp.bfloat16),) * 2)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # pass the backend check
+    text = student.chunk_step.trace(graphdef, state, cache, x, x, jax.random.PRNGKey(0), tkv, 1, THETA,
+                                    jnp.asarray(TS)).lower(lowering_platforms=("cuda",)).as_text()
+    assert "__gpu$xla.gpu.triton" in text  # the Pallas kernel
+    # The layers' K/V go into the buffer in place (before this change: a 480-key concatenate per pass).
+    assert set(re.findall(r"stablehlo\.dynamic_update_slice.*-> tensor<([^>]*)>", text)) == {"2x1x432x2x32xbf16"}
+
+    def elements(shape):
+        return int(np.prod([int(d) for d in shape.split("x")[:-1]] or [1]))
+
+    concats = re.findall(r"stablehlo\.concatenate.*-> tensor<([^>]*)>", text)
+    assert concats and max(elements(s) for s in concats) < lk * cfg.num_heads * cfg.head_dim
+    bools = [elements(s) for s in re.findall(r"tensor<([0-9x]*xi1)>", text)]
+    assert max(bools) < lq * lk

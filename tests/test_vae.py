@@ -1,6 +1,8 @@
 """WanVAE against diffusers' AutoencoderKLWan (tiny random model), in both checkpoint layouts."""
+import dataclasses
 import re
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -111,6 +113,42 @@ def test_decode_matches_diffusers(vae, ref, t):
     got = vae.decode(jnp.asarray(z))
     assert got.shape == (1, t, H, W, 3)
     _close(got, want)
+
+
+def _bf16_copy(vae):
+    """The same weights (float32) under a bfloat16 compute config: bf16 convs, activations and caches."""
+    graphdef = nnx.split(nnx.eval_shape(lambda: type(vae)(dataclasses.replace(vae.cfg, dtype="bfloat16"),
+                                                          rngs=nnx.Rngs(0))))[0]
+    return nnx.merge(graphdef, nnx.state(vae))
+
+
+# bf16 tolerance (8-bit mantissa through ~20 conv layers), relative to the output's max magnitude:
+# mean error 1%, max error 5%.
+BF16_MEAN, BF16_MAX = 0.01, 0.05
+
+
+def _close_bf16(ours, theirs):
+    ours, theirs = np.asarray(ours, np.float32), np.asarray(theirs)
+    err = np.abs(ours - theirs) / np.abs(theirs).max()
+    assert err.mean() < BF16_MEAN and err.max() < BF16_MAX, (err.mean(), err.max())
+
+
+def test_bf16_vae_within_tolerance_of_diffusers(vae, ref):
+    """Reference: AutoencoderKLWan decode and encode in float32 (torch)."""
+    vae16 = _bf16_copy(vae)
+    z = np.random.default_rng(1).normal(size=(1, 3, H // 8, W // 8, 16)).astype(np.float32)
+    with torch.no_grad():
+        want = _from_torch(ref.decode(_to_torch(z)).sample)
+    cache = vae16.init_decode_cache(1, H // 8, W // 8)
+    assert all(c.dtype == jnp.bfloat16 for c in jax.tree.leaves(cache))
+    first, cache = decode_step(vae16, jnp.asarray(z[:, :1]), cache)
+    rest, cache = decode_step(vae16, jnp.asarray(z[:, 1:]), cache)  # streamed with bf16 caches
+    assert all(c.dtype == jnp.bfloat16 for c in jax.tree.leaves(cache))
+    _close_bf16(np.concatenate([first, rest], axis=1), want)
+    x = _video(5)
+    with torch.no_grad():
+        want = _from_torch(ref.encode(_to_torch(x)).latent_dist.mean)
+    _close_bf16(vae16.encode(jnp.asarray(x)), want)
 
 
 @pytest.mark.parametrize("chunk", [1, 3])

@@ -3,13 +3,15 @@
   shotstream-bench --model=toy --shots=2 --json=bench.json
   shotstream-bench --model=wan-1.3b-random --shots=5 --json=h100.json --profile_dir=/tmp/trace
   shotstream-bench --model=models/wan13b --height=480 --width=832
+  shotstream-bench --model=wan-1.3b-random --dry_run     # static cost report and roofline FPS, no GPU
 
 It drives the real pipeline (`pipeline.ShotStream`, a session, `next_shot`
 per prompt): per shot the prompt is encoded by umT5 (timed alone as
 text_encode_s), the context frames sampled from the story so far are
 VAE-encoded and one context pass fills the global cache, then each of the 7
-chunks runs 4 denoising passes and 1 cache pass (36 DiT passes per shot) and is
-decoded by the streaming VAE decoder to uint8 frames on the host. Two untimed
+chunks runs, in one jitted call, the previous chunk's cache pass, its own 4
+denoising passes and the streaming VAE decode to uint8 frames (35 DiT passes
+per shot: the last chunk is not committed), read back one chunk later. Two untimed
 shots in a separate session (the first, with an empty global cache, and a
 second, with a context pass) compile everything; then --shots shots are timed
 in a fresh session.
@@ -47,11 +49,17 @@ flags.DEFINE_string("json", None, "Write the results here as JSON (they are alwa
 flags.DEFINE_string("profile_dir", None, "Capture a jax.profiler trace of the timed shots into this directory.")
 flags.DEFINE_integer("height", None, "Video height in pixels (default: the size's config; multiple of 16).")
 flags.DEFINE_integer("width", None, "Video width in pixels (default: the size's config; multiple of 16).")
-flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
-                  "Parameters, activations and caches end to end (default: the size's config, bf16 for Wan sizes).")
+flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "fp8"],
+                  "Parameters, activations and caches end to end (default: the size's config, bf16 for Wan sizes); "
+                  "fp8: bf16 with the DiT blocks' linear layers as E4M3 matmuls (per-tensor scales).")
 flags.DEFINE_integer("scan_unroll", None, "Unroll factor of the scan over DiT blocks.")
 flags.DEFINE_string("attention_impl", None, "Attention implementation (auto|xla|cudnn|pallas|...).")
 flags.DEFINE_integer("seed", 0, "Seed of the random weights and noise.")
+flags.DEFINE_boolean("dry_run", False, "Print the static cost report instead of running: per chunk, DiT FLOPs split "
+                     "into matmuls, cross-attention and self-attention (useful / executed by a prefix-bounded kernel "
+                     "/ dense over the whole cache buffer), VAE decode FLOPs (XLA cost analysis), weight and K/V "
+                     "bytes, and roofline FPS on H100, H200, A100, v5p and v6e. Loads no weights (random sizes "
+                     "only), needs no accelerator.")
 
 PROG = "shotstream-bench"
 # --model name -> (config size, DiT overrides) of random-weight models.
@@ -85,8 +93,18 @@ def random_vae(cfg, seed: int):
     return nnx.merge(graphdef, jax.tree.map(fill, abstract))
 
 
+def dtype_overrides() -> dict:
+    """DiT config fields set by --dtype."""
+    if FLAGS.dtype is None:
+        return {}
+    if FLAGS.dtype == "fp8":
+        return dict(dtype="bfloat16", param_dtype="bfloat16", fp8=True)
+    return dict(dtype=FLAGS.dtype, param_dtype=FLAGS.dtype)
+
+
 def load(model: str, seed: int):
     """(config, dit, vae, text_encoder) for --model, with the runtime flags applied."""
+    import jax
     from flax import nnx
 
     from shotstream_jax import default_model, model_dir
@@ -96,14 +114,17 @@ def load(model: str, seed: int):
     from shotstream_jax.models.wan_vae import WanVAEConfig
     from shotstream_jax.text import ByteTokenizer, TextEncoder
 
-    overrides = {k: v for k, v in dict(dtype=FLAGS.dtype, param_dtype=FLAGS.dtype, scan_unroll=FLAGS.scan_unroll,
-                                       attention_impl=FLAGS.attention_impl).items() if v is not None}
+    overrides = dtype_overrides()
+    overrides.update({k: v for k, v in dict(scan_unroll=FLAGS.scan_unroll,
+                                            attention_impl=FLAGS.attention_impl).items() if v is not None})
     if model in RANDOM_SIZES:
         size, size_overrides = RANDOM_SIZES[model]
         if size == "toy":  # the bundled default model (fixed random weights, byte tokenizer, tiny umT5)
             return default_model.build(**size_overrides, **overrides)
         config = get_config(size, "generate")
         dit_cfg = WanDiTConfig.from_dict({**config.model.to_dict(), **overrides})
+        if jax.default_backend() != "cpu":  # built in bf16 (ShotStream would convert them once anyway)
+            dit_cfg = dataclasses.replace(dit_cfg, param_dtype=overrides.get("param_dtype", dit_cfg.dtype))
         dit = nnx.jit(lambda: WanDiT(dit_cfg, rngs=nnx.Rngs(seed)))()  # one compile, not one per weight shape
         vae = random_vae(WanVAEConfig(dtype=dit_cfg.dtype), seed + 1)
         # umT5-XXL layers with a byte vocabulary: the encoder's cost without a tokenizer file.
@@ -115,6 +136,92 @@ def load(model: str, seed: int):
         return model_dir.load_pipeline(model, **overrides)
     raise ValueError(f"--model={model!r} is neither a model directory nor one of {sorted(RANDOM_SIZES)}; "
                      "convert PyTorch weights with shotstream-convert or pick a random size")
+
+
+def configs(model: str):
+    """(generate config, DiT config, VAE config) of a random size, without building anything."""
+    from shotstream_jax import default_model
+    from shotstream_jax.config import get_config
+    from shotstream_jax.models.wan_dit import WanDiTConfig
+    from shotstream_jax.models.wan_vae import WanVAEConfig
+
+    if model not in RANDOM_SIZES:
+        raise ValueError(f"--dry_run needs a random size ({sorted(RANDOM_SIZES)}), got --model={model!r}")
+    size, size_overrides = RANDOM_SIZES[model]
+    config = get_config(size, "generate")
+    overrides = dtype_overrides()
+    dit_cfg = WanDiTConfig.from_dict({**config.model.to_dict(), **size_overrides, **overrides})
+    vae_cfg = default_model.VAE if size == "toy" else WanVAEConfig(dtype=dit_cfg.dtype)
+    return config, dit_cfg, vae_cfg
+
+
+def vae_decode_flops(vae_cfg, latent_frames: int, latent_hw: tuple[int, int]) -> float:
+    """XLA's cost analysis of decoding a later chunk of `latent_frames` latents (abstract shapes)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from shotstream_jax.kernels.attention import single_key_block
+    from shotstream_jax.models.wan_vae import DecodeCache, WanVAE
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: WanVAE(vae_cfg, rngs=nnx.Rngs(0))))
+    empty = jax.eval_shape(lambda st: nnx.merge(graphdef, st).init_decode_cache(1, *latent_hw), state)
+    z = jax.ShapeDtypeStruct((1, latent_frames, *latent_hw, vae_cfg.z_dim), jnp.float32)
+    decode = jax.jit(lambda st, z, c: nnx.merge(graphdef, st).decode_chunk(z, c))
+    with single_key_block():
+        analysis = decode.trace(state, z, DecodeCache(empty.feats, started=True)).lower().cost_analysis()
+    return float((analysis[0] if isinstance(analysis, list) else analysis)["flops"])
+
+
+def cost_report(model: str, height: int | None, width: int | None) -> dict:
+    """The static cost of a shot, chunk by chunk, and its roofline FPS on named accelerators."""
+    from shotstream_jax import perf
+
+    config, c, vae_cfg = configs(model)
+    height, width = height or config.video.height, width or config.video.width
+    ss = config.shotstream
+    sf = vae_cfg.spatial_factor
+    latent_hw = (height // sf, width // sf)
+    s = (latent_hw[0] // c.patch_size[1]) * (latent_hw[1] // c.patch_size[2])
+    chunks = ss.shot_latent_frames // ss.chunk_frames
+    steps = len(ss.denoising_steps)
+    nbytes = 2 if c.dtype == "bfloat16" else 4
+    kw = dict(param_bytes=nbytes, kv_bytes=nbytes)
+    shots = {"first shot (empty global cache)": 0, "later shots (full context)": ss.context_frames}
+    vae = vae_decode_flops(vae_cfg, ss.chunk_frames, latent_hw)
+    frames = 1 + 4 * (ss.shot_latent_frames - 1)
+    report = {"model": model, "video": f"{width}x{height}", "tokens_per_frame": s, "dtype": c.dtype,
+              "vae_decode_flops_per_chunk": vae, "shots": {}}
+    for name, valid in shots.items():
+        per_chunk = perf.shot_costs(c, s, c.text_len, ss.context_frames, ss.chunk_frames, chunks, steps, valid, **kw)
+        total = lambda field: sum(getattr(p, field) for passes in per_chunk for p in passes)
+        fps = {}
+        for dev, (peak, bw) in perf.ROOFLINE_DEVICES.items():
+            t = sum(perf.roofline_seconds(p, vae, peak, bw) for p in per_chunk)
+            t_dense = sum(perf.roofline_seconds(p, vae, peak, bw, dense=True) for p in per_chunk)
+            fps[dev] = {"fps": frames / t, "fps_dense_attention": frames / t_dense}
+        report["shots"][name] = {
+            "passes_per_chunk": [len(p) for p in per_chunk],
+            "flops_per_chunk": [sum(p.flops for p in passes) for passes in per_chunk],
+            "matmul_flops": total("matmul"), "cross_attention_flops": total("cross_attn"),
+            "self_attention_useful_flops": total("self_useful"),
+            "self_attention_executed_flops": total("self_executed"),
+            "self_attention_dense_flops": total("self_dense"),
+            "vae_decode_flops": vae * chunks, "weight_bytes": total("weight_bytes"), "kv_bytes": total("kv_bytes"),
+            "roofline": fps}
+    return report
+
+
+def print_report(r: dict) -> None:
+    print(f"static cost of one shot: {r['model']} at {r['video']}, {r['tokens_per_frame']} tokens per latent frame, "
+          f"{r['dtype']}")
+    for name, sh in r["shots"].items():
+        print(f"{name}: passes per chunk {sh['passes_per_chunk']}")
+        for key in ("matmul_flops", "cross_attention_flops", "self_attention_useful_flops",
+                    "self_attention_executed_flops", "self_attention_dense_flops", "vae_decode_flops"):
+            print(f"  {key}: {sh[key] / 1e12:.3f} TFLOP")
+        print(f"  weight_bytes read: {sh['weight_bytes'] / 1e9:.2f} GB; kv_bytes read: {sh['kv_bytes'] / 1e9:.2f} GB")
+        for dev, f in sh["roofline"].items():
+            print(f"  roofline {dev}: {f['fps']:.1f} fps (dense-mask attention: {f['fps_dense_attention']:.1f} fps)")
 
 
 def bench(pipe, shots: int, seed: int, profile_dir: str | None) -> dict:
@@ -192,6 +299,13 @@ def main(argv):
     from shotstream_jax.cli.common import fail
     if FLAGS.shots < 1:
         raise app.UsageError("--shots must be at least 1")
+    if FLAGS.dry_run:
+        try:
+            report = cost_report(FLAGS.model, FLAGS.height, FLAGS.width)
+        except ValueError as e:
+            return fail(PROG, str(e))
+        print_report(report)
+        return write_json(report)
     from shotstream_jax.pipeline import ShotStream
     try:
         config, dit, vae, text_encoder = load(FLAGS.model, FLAGS.seed)
@@ -205,6 +319,11 @@ def main(argv):
         print(f"{k}: {result[k]}")
     for i, chunk_s in enumerate(result["per_chunk_s"], 1):
         print(f"shot {i} per-chunk s: {' '.join(f'{x:.4f}' for x in chunk_s)}")
+    return write_json(result)
+
+
+def write_json(result: dict) -> int:
+    from shotstream_jax.cli.common import fail
     if FLAGS.json:
         try:
             with open(FLAGS.json, "w") as f:

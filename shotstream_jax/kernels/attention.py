@@ -4,19 +4,26 @@ Shapes: q [B, Lq, H, D], k and v [B, Lk, H, D] -> out [B, Lq, H, D].
 
 Masking is described, not materialised, by `MaskSpec` so that kernels can
 skip whole key blocks:
-  * `kv_valid` bool [B, Lk]: keys every query may see (fixed-size cache
-    buffers that are only partly written, an empty global cache).
+  * `kv_len` int32 [B]: each example sees the keys [0, kv_len) only. This is
+    the main form: the student's cache buffers are written in place so that
+    the keys of a pass are always a prefix of the buffer, and every kernel
+    stops at the prefix (XLA's key-blocked loop, cuDNN's sequence lengths,
+    the Pallas kernel's tile count, splash's segment ids).
   * `q_chunk` int32 [Lq] / `kv_chunk` int32 [Lk]: block-causal chunk ids; a
-    query sees a key only when kv_chunk <= q_chunk.
+    query sees a key only when kv_chunk <= q_chunk. Only the full-sequence
+    (training, reference) path uses them; kernels that need a dense mask
+    build it from them.
 A query must always see at least one key.
 
-Implementations: `_xla` (reference) and `_cudnn` here, our Pallas GPU kernel in
-`flash_gpu.py`, JAX's TPU splash kernel wrapped in `splash_tpu.py`.
+Implementations: `_xla` (reference einsums, and a key-blocked online softmax
+bounded by kv_len) and `_cudnn` here, our Pallas GPU kernel in `flash_gpu.py`,
+JAX's TPU splash kernel wrapped in `splash_tpu.py`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Optional
+from typing import Iterator, Optional
 
 import jax
 import jax.numpy as jnp
@@ -24,20 +31,28 @@ import jax.numpy as jnp
 from shotstream_jax.kernels import flash_gpu, sharded, splash_tpu
 
 IMPLS = ("auto", "xla", "cudnn", "pallas", "pallas_interpret", "tpu_splash")
+PALLAS_MAX_HEAD_DIM = 256
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class MaskSpec:
-    kv_valid: Optional[jax.Array] = None  # bool [B, Lk]
+    kv_len: Optional[jax.Array] = None  # int32 [B]: keys [0, kv_len) are visible
     q_chunk: Optional[jax.Array] = None  # int32 [Lq]
     kv_chunk: Optional[jax.Array] = None  # int32 [Lk]
+
+    def key_valid(self, batch: int, lk: int) -> Optional[jax.Array]:
+        """bool [B, Lk] from kv_len, or None."""
+        if self.kv_len is None:
+            return None
+        return jnp.arange(lk)[None, :] < jnp.broadcast_to(self.kv_len, (batch,))[:, None]
 
     def dense(self, batch: int, lq: int, lk: int) -> Optional[jax.Array]:
         """bool [B, 1, Lq, Lk] (True = attend), or None when nothing is masked."""
         m = None
-        if self.kv_valid is not None:
-            m = jnp.broadcast_to(self.kv_valid[:, None, None, :], (batch, 1, lq, lk))
+        valid = self.key_valid(batch, lk)
+        if valid is not None:
+            m = jnp.broadcast_to(valid[:, None, None, :], (batch, 1, lq, lk))
         if self.q_chunk is not None:
             c = self.kv_chunk[None, :] <= self.q_chunk[:, None]
             c = jnp.broadcast_to(c[None, None], (batch, 1, lq, lk))
@@ -46,6 +61,7 @@ class MaskSpec:
 
 
 def _xla(q, k, v, mask: Optional[MaskSpec]):
+    """The reference: full einsums over a dense mask (block-causal chunks, and the backward)."""
     b, lq, _, d = q.shape
     lk = k.shape[1]
     # Heads-major operands make both dots plain batched matmuls; with heads in the
@@ -63,10 +79,90 @@ def _xla(q, k, v, mask: Optional[MaskSpec]):
     return out.transpose(0, 2, 1, 3).astype(q.dtype)
 
 
+KEY_BLOCK = 512  # keys per step of the blocked XLA path (fastest of 256-1024 on XLA:CPU at Lq=4680)
+
+
+@contextlib.contextmanager
+def single_key_block() -> Iterator[None]:
+    """Functions traced inside run the XLA path in one key block: no loop, so that a static
+    cost analysis (which counts a loop body once) sees every FLOP."""
+    global KEY_BLOCK
+    saved, KEY_BLOCK = KEY_BLOCK, 2 ** 62
+    try:
+        yield
+    finally:
+        KEY_BLOCK = saved
+
+
+def _key_blocks(lk: int, kv_len: Optional[jax.Array]) -> tuple[int, jax.Array | int]:
+    """(keys per block, number of blocks to visit: a traced bound when kv_len is given)."""
+    bk = min(KEY_BLOCK, lk)
+    if kv_len is None:
+        return bk, -(-lk // bk)
+    return bk, (jnp.max(kv_len) + bk - 1) // bk
+
+
+@jax.custom_vjp
+def _xla_blocked(q, k, v, kv_len):
+    """Online softmax over key blocks, visiting only the blocks below max(kv_len).
+
+    The [Lq, Lk] score matrix is never materialised (one [Lq, block] tile at a
+    time), and a cache buffer's unwritten tail costs nothing. A block that would
+    run past Lk is moved back to end at Lk, and its keys already seen are masked.
+    """
+    b, _, _, d = q.shape
+    lk = k.shape[1]
+    bk, count = _key_blocks(lk, kv_len)
+    length = jnp.full((b,), lk, jnp.int32) if kv_len is None else jnp.broadcast_to(kv_len, (b,))
+    qh = (q * jnp.asarray(d ** -0.5, q.dtype)).transpose(0, 2, 1, 3)
+
+    def body(j, carry):
+        acc, m, l = carry
+        start = jnp.minimum(j * bk, lk - bk)
+        kb, vb = (jax.lax.dynamic_slice_in_dim(x, start, bk, 1).transpose(0, 2, 1, 3) for x in (k, v))
+        s = jnp.einsum("bhqd,bhkd->bhqk", qh, kb, preferred_element_type=jnp.float32)
+        pos = start + jnp.arange(bk)
+        seen = (pos >= j * bk)[None, :] & (pos[None, :] < length[:, None])  # [B, bk]
+        s = jnp.where(seen[:, None, None, :], s, -jnp.inf)
+        m_new = jnp.maximum(m, s.max(-1))
+        m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)  # a row with nothing seen yet
+        alpha = jnp.exp(m - m_safe)
+        p = jnp.exp(s - m_safe[..., None])
+        acc = alpha[..., None] * acc + jnp.einsum("bhqk,bhkd->bhqd", p.astype(v.dtype), vb,
+                                                  preferred_element_type=jnp.float32)
+        return acc, m_new, alpha * l + p.sum(-1)
+
+    init = (jnp.zeros(qh.shape, jnp.float32), jnp.full(qh.shape[:-1], -jnp.inf, jnp.float32),
+            jnp.zeros(qh.shape[:-1], jnp.float32))
+    acc, _, l = jax.lax.fori_loop(0, count, body, init)
+    return (acc / l[..., None]).transpose(0, 2, 1, 3).astype(q.dtype)
+
+
+def _xla_blocked_fwd(q, k, v, kv_len):
+    return _xla_blocked(q, k, v, kv_len), (q, k, v, kv_len)
+
+
+def _xla_blocked_bwd(res, g):
+    # The loop's trip count is traced, so it has no reverse-mode rule: the
+    # backward differentiates the reference instead (training only; on
+    # accelerators training runs the flash kernels' own backward).
+    q, k, v, kv_len = res
+    _, vjp = jax.vjp(lambda q, k, v: _xla(q, k, v, MaskSpec(kv_len=kv_len)), q, k, v)
+    return (*vjp(g), None)
+
+
+_xla_blocked.defvjp(_xla_blocked_fwd, _xla_blocked_bwd)
+
+
 def _cudnn(q, k, v, mask: Optional[MaskSpec]):
     b, lq, _, _ = q.shape
-    m = None if mask is None else mask.dense(b, lq, k.shape[1])
-    return jax.nn.dot_product_attention(q, k, v, mask=m, implementation="cudnn")
+    if mask is None or mask.q_chunk is None:
+        # Key lengths, no bias: cuDNN skips the keys past each example's prefix.
+        kv_len = None if mask is None or mask.kv_len is None else jnp.broadcast_to(mask.kv_len, (b,))
+        q_len = None if kv_len is None else jnp.full((b,), lq, jnp.int32)
+        return jax.nn.dot_product_attention(q, k, v, query_seq_lengths=q_len, key_value_seq_lengths=kv_len,
+                                            implementation="cudnn")
+    return jax.nn.dot_product_attention(q, k, v, mask=mask.dense(b, lq, k.shape[1]), implementation="cudnn")
 
 
 def _cudnn_supports(q, k, mask: Optional[MaskSpec]) -> bool:
@@ -74,15 +170,20 @@ def _cudnn_supports(q, k, mask: Optional[MaskSpec]) -> bool:
     d = q.shape[-1]
     if q.dtype not in (jnp.bfloat16, jnp.float16) or d > 128 or d % 8:
         return False
-    # A mask reaches cuDNN as a dense bias, and its bias backward wants even lengths.
-    has_mask = mask is not None and (mask.kv_valid is not None or mask.q_chunk is not None)
-    return not has_mask or (q.shape[1] % 2 == 0 and k.shape[1] % 2 == 0)
+    # Chunk ids reach cuDNN as a dense bias, and its bias backward wants even lengths.
+    dense = mask is not None and mask.q_chunk is not None
+    return not dense or (q.shape[1] % 2 == 0 and k.shape[1] % 2 == 0)
 
 
 def _auto_impl(q, k, mask: Optional[MaskSpec]) -> str:
     backend = jax.default_backend()
+    d = q.shape[-1]
     if backend == "gpu":
-        return "cudnn" if _cudnn_supports(q, k, mask) else "pallas"
+        if _cudnn_supports(q, k, mask):
+            return "cudnn"
+        # Beyond 256 the Pallas kernel's D padding to a power of two outgrows
+        # shared memory (the VAE's mid-block attention has D = 384).
+        return "pallas" if d <= PALLAS_MAX_HEAD_DIM else "xla"
     if backend == "tpu":
         return "tpu_splash"
     return "xla"
@@ -118,7 +219,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array,
                              f"but JAX's default backend is {backend!r}; use {instead} "
                              "(shotstream_jax/kernels/attention.py)")
     if impl == "xla":
-        return _xla(q, k, v, mask)
+        if mask is not None and mask.q_chunk is not None:
+            return _xla(q, k, v, mask)
+        return _xla_blocked(q, k, v, None if mask is None else mask.kv_len)
     if impl == "cudnn":
         return _cudnn(q, k, v, mask)
     # Pallas kernels cannot be partitioned by XLA: on a mesh they run per shard.

@@ -18,7 +18,7 @@ Blocking
 Masking
   The `MaskSpec` is folded into two integer id vectors: q_id [Lq] and
   kv_id [B, Lk]; query i sees key j iff kv_id[j] <= q_id[i]. Block-causal
-  chunks map to themselves; an invalid key (kv_valid False) or a padding key
+  chunks map to themselves; a key at or past the example's kv_len, or a padding key,
   gets _KV_OFF, above every query id; a padding query copies the id of the
   last real query, so it sees keys (no NaN) but opens no extra tiles. Lq and
   Lk are padded in the wrapper to whole tiles, D to a power of two >= 16
@@ -35,6 +35,9 @@ Block skipping
   program reads the list of its live partners and a count, so fully masked
   tiles (an empty cache, future chunks) cost neither loads nor matmuls. The
   test is conservative: a listed pair may still be partly masked elementwise.
+  With a key length (the student's cache prefix) the live key tiles of a row
+  are exactly those below ceil(kv_len / block_k): the loop never reads a
+  tile of the buffer's unwritten tail.
 
 Chunk ids must be below 2**31 - 1.
 """
@@ -93,8 +96,8 @@ def _ids(mask, batch: int, lq: int, lk: int, lq_pad: int, lk_pad: int):
     if mask is not None and mask.q_chunk is not None:
         q_id = mask.q_chunk.astype(jnp.int32)
         kv_id = jnp.broadcast_to(mask.kv_chunk.astype(jnp.int32)[None], (batch, lk))
-    if mask is not None and mask.kv_valid is not None:
-        kv_id = jnp.where(mask.kv_valid, kv_id, _KV_OFF)
+    if mask is not None and mask.kv_len is not None:
+        kv_id = jnp.where(mask.key_valid(batch, lk), kv_id, _KV_OFF)
     q_id = jnp.pad(q_id, (0, lq_pad - lq), mode="edge")
     kv_id = jnp.pad(kv_id, ((0, 0), (0, lk_pad - lk)), constant_values=_KV_OFF)
     return q_id, kv_id
@@ -327,7 +330,7 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask=None, *,
     lq_pad, lk_pad = _round_up(lq, max(bq, bq_bwd)), _round_up(lk, max(bk, bk_bwd))
     d_pad = max(_MIN_BLOCK, pl.next_power_of_2(d))
     masked = lk_pad != lk or (mask is not None and (
-        mask.kv_valid is not None or mask.q_chunk is not None))
+        mask.kv_len is not None or mask.q_chunk is not None))
     cfg = _Config(block_q=bq, block_k=bk, block_q_bwd=bq_bwd, block_k_bwd=bk_bwd,
                   num_stages=bs.num_stages, scale=d ** -0.5, masked=masked,
                   interpret=interpret)

@@ -67,11 +67,12 @@ def make_kernel(mask, lq: int, lk: int, *, interpret: bool = False):
     return kernel
 
 
-def segment_ids(kv_valid, batch: int, lq: int, lk_real: int, lk: int):
-    """Per-example SegmentIds (leading batch axis) hiding invalid and padding keys."""
+def segment_ids(mask, batch: int, lq: int, lk_real: int, lk: int):
+    """Per-example SegmentIds (leading batch axis) hiding keys past kv_len and padding keys."""
     kv = jnp.zeros((batch, lk_real), jnp.int32)
-    if kv_valid is not None:
-        kv = jnp.where(kv_valid, 0, 1).astype(jnp.int32)
+    valid = None if mask is None else mask.key_valid(batch, lk_real)
+    if valid is not None:
+        kv = jnp.where(valid, 0, 1).astype(jnp.int32)
     kv = _pad_len(kv, lk, 1, value=1)
     return splash.SegmentIds(q=jnp.zeros((batch, lq), jnp.int32), kv=kv)
 
@@ -83,7 +84,7 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask=None, *,
     lk = k.shape[1]
     lq_pad, lk_pad = -(-lq // _LANES) * _LANES, -(-lk // _LANES) * _LANES
     kernel = make_kernel(mask, lq_pad, lk_pad, interpret=interpret)
-    seg = segment_ids(None if mask is None else mask.kv_valid, b, lq_pad, lk, lk_pad)
+    seg = segment_ids(mask, b, lq_pad, lk, lk_pad)
     heads_first = lambda x, n: _pad_len(jnp.swapaxes(x, 1, 2), n, 2)
     qs = (q.astype(jnp.float32) * d ** -0.5).astype(q.dtype)
     o = jax.vmap(kernel)(heads_first(qs, lq_pad), heads_first(k, lk_pad),

@@ -8,17 +8,20 @@ self-attention query of a chunk sees
     which the context frames attend only to each other;
   * local cache: roped K/V of this shot's finished chunks, each written by a
     t=0 "commit" pass over the chunk's final x0 after its denoising steps.
-Per chunk: 4 denoising passes + 1 commit; per shot 7 x (4 + 1) + 1 = 36 passes.
+Per chunk: 4 denoising passes + 1 commit; per shot 7 x (4 + 1) + 1 = 36 passes, or 35 in
+inference, where the last chunk of a shot is not committed (no later chunk reads it).
 
 RoPE (`context.shot_layout`): context frames at positions 0..5 with their
 source shot index, target frames at 6 + frame index within the shot with shot
 index = last context shot + 1 (`causal_model.py`: start_frame =
 current_start_frame + condition frames). Context tokens are always at t=0.
 
-Caches are fixed-size buffers in a `DualCache` pytree with validity masks and
-a traced write index, passed into and returned from the jitted functions, so
-one compile serves every chunk and every shot. An empty global cache (first
-shot) is masked out rather than attended to; the original instead runs its
+Caches are fixed-size buffers in a `DualCache` pytree with a traced context
+length and write index, passed into and returned from the jitted functions
+(donated), so one compile serves every chunk and every shot. Every pass writes
+its K/V in place at the write index and attends to the buffer's prefix, so the
+keys are never concatenated. An empty global cache (first shot) is left out of
+the prefix (the local cache starts at offset 0) rather than attended to; the original instead runs its
 context pass over 6 all-zero latents in shot 0 (`causal_inference_ar.py`),
 which `fill_global_cache` reproduces when given zero latents marked valid.
 
@@ -26,14 +29,15 @@ Two kinds of entry points:
   * on an `nnx` module (`context_pass`, `chunk_velocity`, `denoise`,
     `commit`, `full_sequence_velocity`), to be composed inside a caller's
     transform (training);
-  * jitted on (graphdef, state) (`fill_global_cache`, `denoise_chunk`,
+  * jitted on (graphdef, state) (`fill_global_cache`, `chunk_step`: a
+    chunk's pending commit and its denoising steps in one call, and
     `commit_chunk`) and the Python drivers `shot_chunks` / `generate_shot`
     (inference), plus `rollout_shot` for Self-Forcing training.
 """
 from __future__ import annotations
 
 import functools
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 import jax
 import jax.numpy as jnp
@@ -41,20 +45,23 @@ from flax import nnx, struct
 
 from shotstream_jax import schedule
 from shotstream_jax.kernels import MaskSpec
-from shotstream_jax.models.wan_dit import TextKV, WanDiT, WanDiTConfig
+from shotstream_jax.models.wan_dit import KVCache, TextKV, WanDiT, WanDiTConfig
 
 
 @struct.dataclass
 class DualCache:
-    """Student KV caches in one buffer per K and V: the global cache (context frames) then the local
-    cache (this shot's frames), roped, [layers, B, (context_frames + shot_frames) * frame_tokens, H, Dh].
+    """Student KV caches in one buffer per K and V, roped, [layers, B, (context_frames + shot_frames) * frame_tokens,
+    H, Dh]: the global cache (the valid context frames) then the local cache (this shot's frames).
 
-    One buffer, so a pass reads it as its key prefix without a copy.
+    The valid keys are always a prefix of the buffer, [0, write_index): a pass
+    writes its own K/V in place at the write index and attends to the prefix
+    (`MaskSpec.kv_len`), so nothing is ever concatenated or copied. With an
+    empty global cache (masked first shot) the local cache starts at offset 0.
     """
     k: jax.Array
     v: jax.Array
-    global_valid: jax.Array  # bool [B, context_frames * frame_tokens]: False for empty context slots
-    num_local: jax.Array  # int32 []: frames of this shot committed so far (the write index)
+    context_len: jax.Array  # int32 []: tokens of valid context at the front of the buffer
+    num_local: jax.Array  # int32 []: frames of this shot committed so far
     frame_tokens: int = struct.field(pytree_node=False)
     context_frames: int = struct.field(pytree_node=False)
 
@@ -64,7 +71,13 @@ class DualCache:
 
     @property
     def global_tokens(self) -> int:
+        """Capacity of the global cache in tokens."""
         return self.context_frames * self.frame_tokens
+
+    @property
+    def global_valid(self) -> jax.Array:
+        """bool [global_tokens]: which context slots hold K/V that passes see."""
+        return jnp.arange(self.global_tokens) < self.context_len
 
     @property
     def global_k(self):
@@ -76,17 +89,17 @@ class DualCache:
 
     @property
     def local_k(self):
-        return self.k[:, :, self.global_tokens:]
+        """This shot's slots [layers, B, shot_frames * frame_tokens, H, Dh] (from context_len on)."""
+        return jax.lax.dynamic_slice_in_dim(self.k, self.context_len, self.shot_frames * self.frame_tokens, 2)
 
     @property
     def local_v(self):
-        return self.v[:, :, self.global_tokens:]
+        return jax.lax.dynamic_slice_in_dim(self.v, self.context_len, self.shot_frames * self.frame_tokens, 2)
 
-    def kv_valid(self) -> jax.Array:
-        """bool [B, tokens]: valid context slots and committed local frames."""
-        b = self.global_valid.shape[0]
-        local = jnp.arange(self.shot_frames * self.frame_tokens) < self.num_local * self.frame_tokens
-        return jnp.concatenate([self.global_valid, jnp.broadcast_to(local, (b, local.shape[0]))], axis=1)
+    @property
+    def write_index(self) -> jax.Array:
+        """Token offset of the next chunk: after the valid context and the committed frames."""
+        return self.context_len + self.num_local * self.frame_tokens
 
     def write(self, k: jax.Array, v: jax.Array, start) -> "DualCache":
         """Store k, v [layers, B, n, H, Dh] at token offset `start` (may be traced)."""
@@ -109,8 +122,8 @@ def init_cache(cfg: WanDiTConfig, batch: int, latent_hw: tuple[int, int], dtype=
     ft = frame_tokens(cfg, latent_hw)
     shape = (cfg.num_layers, batch, (context_frames + shot_frames) * ft, cfg.num_heads, cfg.head_dim)
     dtype = jnp.dtype(dtype or cfg.dtype)
-    return DualCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
-                     jnp.zeros((batch, context_frames * ft), bool), jnp.zeros((), jnp.int32), ft, context_frames)
+    return DualCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32),
+                     jnp.zeros((), jnp.int32), ft, context_frames)
 
 
 # ---------------------------------------------------------------- passes on a module
@@ -127,54 +140,64 @@ def context_pass(dit: WanDiT, cache: DualCache, latents: jax.Array, text_kv: Tex
         with `frame_prompt` int32[Nc] (multi-caption: each frame its shot's prompt).
         Keep P fixed (e.g. pad to Nc prompts) for one compile across shots.
       frame_shot: int32[Nc] RoPE shot index of every context frame.
-      valid: bool[B, Nc]; False slots are masked out of every later pass.
+      valid: bool[Nc] or bool[B, Nc]. The global cache holds the leading run of
+        frames valid in every example (all-False: an empty global cache, as
+        the masked first shot); later frames are never seen.
     """
     b, nc = latents.shape[:2]
     if nc != cache.context_frames:
         raise ValueError(f"context latents have {nc} frames, the global cache holds {cache.context_frames}")
     ft = cache.frame_tokens
-    valid = jnp.ones((b, nc), bool) if valid is None else jnp.asarray(valid, bool)
-    tok_valid = jnp.repeat(valid, ft, axis=1)
-    # A row with no valid frame attends to everything (no empty softmax); its K/V are masked anyway.
-    attend = tok_valid | ~jnp.any(tok_valid, axis=1, keepdims=True)
+    if valid is None:
+        n_valid = jnp.asarray(nc, jnp.int32)
+    else:
+        valid = jnp.asarray(valid, bool).reshape(-1, nc).all(axis=0)
+        n_valid = jnp.sum(jnp.cumprod(valid.astype(jnp.int32)))
+    # With no valid frame the pass attends to everything (no empty softmax); its K/V are never read.
+    seen = jnp.where(n_valid > 0, n_valid, nc) * ft
     _, (k, v) = dit(latents, jnp.zeros((b, nc)), text_kv=text_kv, frame_prompt=frame_prompt,
                     frame_pos=jnp.arange(nc), frame_shot=jnp.asarray(frame_shot), shot_theta=shot_theta,
-                    mask=MaskSpec(kv_valid=attend), return_kv=True)
-    keep = tok_valid[None, :, :, None, None]
-    cache = cache.write(jnp.where(keep, k, 0), jnp.where(keep, v, 0), 0)
-    return cache.replace(global_valid=tok_valid, num_local=jnp.zeros((), jnp.int32))
+                    mask=MaskSpec(kv_len=jnp.full((b,), seen, jnp.int32)), return_kv=True)
+    cache = cache.write(k, v, 0)
+    return cache.replace(context_len=n_valid * ft, num_local=jnp.zeros((), jnp.int32))
 
 
 def chunk_velocity(dit: WanDiT, cache: DualCache, x: jax.Array, t: jax.Array, text_kv: TextKV, target_shot,
-                   shot_theta=0.0, return_kv: bool = False):
+                   shot_theta=0.0) -> tuple[jax.Array, DualCache]:
     """Velocity of the next chunk given the caches; x f32[B, n, h, w, 16], t f32[B, n].
 
     The chunk sits right after the committed frames: RoPE positions
-    context_frames + num_local + [0, n), shot index `target_shot`.
-    Returns velocity [B, n, h, w, 16] (and its roped (k, v) [layers, B, n*ft, H, Dh]).
+    context_frames + num_local + [0, n), shot index `target_shot`. Its roped K/V
+    are written into the cache at the write index (without advancing it) and
+    its queries see the buffer's prefix up to and including itself.
+    Returns (velocity [B, n, h, w, 16], the cache holding this chunk's K/V in its slot).
     """
     b, n = x.shape[:2]
-    ft = cache.frame_tokens
+    start = cache.write_index
     pos = cache.context_frames + cache.num_local + jnp.arange(n)
     shot = jnp.full((n,), target_shot, jnp.int32)
-    kv_valid = jnp.concatenate([cache.kv_valid(), jnp.ones((b, n * ft), bool)], axis=1)
-    return dit(x, t, text_kv=text_kv, frame_pos=pos, frame_shot=shot, shot_theta=shot_theta,
-               prefix_kv=(cache.k, cache.v), mask=MaskSpec(kv_valid=kv_valid), return_kv=return_kv)
+    kv_len = jnp.full((b,), start + n * cache.frame_tokens, jnp.int32)
+    vel, kv = dit(x, t, text_kv=text_kv, frame_pos=pos, frame_shot=shot, shot_theta=shot_theta,
+                  kv_cache=KVCache(cache.k, cache.v, start), mask=MaskSpec(kv_len=kv_len))
+    return vel, cache.replace(k=kv.k, v=kv.v)
 
 
 def commit(dit: WanDiT, cache: DualCache, x0: jax.Array, text_kv: TextKV, target_shot,
            shot_theta=0.0) -> DualCache:
-    """The t=0 pass over a finished chunk x0 [B, n, h, w, 16]: write its K/V at the write index, advance it."""
+    """The t=0 pass over a finished chunk x0 [B, n, h, w, 16]: its clean K/V overwrite the chunk's slot,
+    and the write index moves past it."""
     b, n = x0.shape[:2]
-    _, (k, v) = chunk_velocity(dit, cache, x0, jnp.zeros((b, n)), text_kv, target_shot, shot_theta,
-                               return_kv=True)
-    cache = cache.write(k, v, cache.global_tokens + cache.num_local * cache.frame_tokens)
+    _, cache = chunk_velocity(dit, cache, x0, jnp.zeros((b, n)), text_kv, target_shot, shot_theta)
     return cache.replace(num_local=cache.num_local + n)
 
 
 def denoise(dit: WanDiT, cache: DualCache, noise: jax.Array, key: jax.Array, text_kv: TextKV, target_shot,
-            shot_theta, timesteps: jax.Array, exit_step, dit_no_grad: Optional[WanDiT] = None) -> jax.Array:
-    """Few-step sampling of one chunk; returns the x0 predicted at step `exit_step`.
+            shot_theta, timesteps: jax.Array, exit_step, dit_no_grad: Optional[WanDiT] = None,
+            ) -> tuple[jax.Array, DualCache]:
+    """Few-step sampling of one chunk; returns (the x0 predicted at step `exit_step`, the cache).
+
+    Every pass writes the chunk's K/V into its slot of the cache (the commit
+    pass overwrites them later); the write index does not move.
 
     Steps 0..exit_step-1 each predict x0 = x - sigma v and re-noise it with
     FRESH noise (normal(fold_in(key, i))) to the next timestep; they run on
@@ -190,16 +213,18 @@ def denoise(dit: WanDiT, cache: DualCache, noise: jax.Array, key: jax.Array, tex
     # The earlier steps see the text K/V without gradient too, as they see the weights.
     slow_text = text_kv if dit_no_grad is None else jax.lax.stop_gradient(text_kv)
 
-    def predict(model, text, x, i):
-        v = chunk_velocity(model, cache, x, jnp.full((b, n), ts[i]), text, target_shot, shot_theta)
-        return (x.astype(jnp.float32) - sig[i] * v).astype(noise.dtype)
+    def predict(model, text, cache, x, i):
+        v, cache = chunk_velocity(model, cache, x, jnp.full((b, n), ts[i]), text, target_shot, shot_theta)
+        return (x.astype(jnp.float32) - sig[i] * v).astype(noise.dtype), cache
 
-    def step(i, x):
+    def step(i, carry):
+        x, cache = carry
         eps = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
-        return schedule.add_noise_sigma(predict(slow, slow_text, x, i), eps, sig[i + 1])
+        x0, cache = predict(slow, slow_text, cache, x, i)
+        return schedule.add_noise_sigma(x0, eps, sig[i + 1]), cache
 
-    x = jax.lax.fori_loop(0, exit_step, step, noise)
-    return predict(dit, text_kv, x, exit_step)
+    x, cache = jax.lax.fori_loop(0, exit_step, step, (noise, cache))
+    return predict(dit, text_kv, cache, x, exit_step)
 
 
 def full_sequence_velocity(dit: WanDiT, context_latents: Optional[jax.Array], shot_latents: jax.Array,
@@ -245,18 +270,32 @@ def fill_global_cache(graphdef, state, cache: DualCache, latents, text_kv: TextK
                         valid, shot_theta)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def denoise_chunk(graphdef, state, cache: DualCache, noise, key, text_kv: TextKV, target_shot, shot_theta,
-                  timesteps, exit_step=None) -> jax.Array:
-    """Jitted `denoise` of one chunk (exit_step None: all steps). Returns x0 f32[B, n, h, w, 16]."""
+def chunk_pass(dit: WanDiT, cache: DualCache, pending: Optional[jax.Array], noise, key, text_kv: TextKV,
+               target_shot, shot_theta, timesteps, exit_step=None) -> tuple[jax.Array, DualCache]:
+    """One chunk of inference: commit `pending` (the previous chunk's x0, or None), then denoise this one.
+
+    Deferring a chunk's commit to the next chunk's call keeps one call per
+    chunk while a chunk's x0 (and its frames) never waits for its own commit
+    pass, and the last chunk of a shot, whose K/V nobody reads, is never
+    committed. Returns (x0 f32[B, n, h, w, 16], cache).
+    """
+    if pending is not None:
+        cache = commit(dit, cache, pending, text_kv, target_shot, shot_theta)
     exit_step = len(timesteps) - 1 if exit_step is None else exit_step
-    return denoise(nnx.merge(graphdef, state), cache, noise, key, text_kv, target_shot, shot_theta,
-                   timesteps, exit_step)
+    return denoise(dit, cache, noise, key, text_kv, target_shot, shot_theta, timesteps, exit_step)
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
+def chunk_step(graphdef, state, cache: DualCache, pending, noise, key, text_kv: TextKV, target_shot, shot_theta,
+               timesteps, exit_step=None) -> tuple[jax.Array, DualCache]:
+    """Jitted `chunk_pass` on `nnx.split(dit)`: one dispatch per chunk; the cache's buffers are donated."""
+    return chunk_pass(nnx.merge(graphdef, state), cache, pending, noise, key, text_kv, target_shot, shot_theta,
+                      timesteps, exit_step)
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
 def commit_chunk(graphdef, state, cache: DualCache, x0, text_kv: TextKV, target_shot, shot_theta) -> DualCache:
-    """Jitted `commit`; the cache's buffers are donated."""
+    """Jitted `commit` alone (a shot's last chunk, when its K/V are wanted); the cache is donated."""
     return commit(nnx.merge(graphdef, state), cache, x0, text_kv, target_shot, shot_theta)
 
 
@@ -269,14 +308,13 @@ def shot_noise(key: jax.Array, cache: DualCache, batch: int, latent_hw: tuple[in
 
 def shot_chunks(graphdef, state, cache: DualCache, key: jax.Array, text_kv: TextKV, target_shot: int, *,
                 shot_theta, timesteps, chunk_frames: int = 3, latent_hw: tuple[int, int],
-                batch: int = 1, before_commit: Optional[Callable[[jax.Array], None]] = None,
-                ) -> Iterator[tuple[jax.Array, DualCache]]:
-    """Generate one shot chunk by chunk (global cache already filled). Yields (x0 chunk, cache after commit).
+                batch: int = 1) -> Iterator[tuple[jax.Array, DualCache]]:
+    """Generate one shot chunk by chunk (global cache already filled), one `chunk_step` per chunk.
 
-    Chunk c uses noise[:, 3c:3c+3] of `shot_noise(key)` and re-noise key
-    fold_in(k_steps, c). `before_commit(x0)` is called between a chunk's last
-    denoising pass and its commit pass: work it dispatches (the VAE decode)
-    runs on the device ahead of the commit, so frames do not wait for it.
+    Yields (x0 chunk, cache); the cache then holds the commits of the chunks
+    before this one (this chunk is committed by the next step; pass the last
+    x0 to `commit_chunk` if the shot's full local cache is wanted). Chunk c
+    uses noise[:, 3c:3c+3] of `shot_noise(key)` and re-noise key fold_in(k_steps, c).
     """
     if cache.shot_frames % chunk_frames:
         raise ValueError(f"shot of {cache.shot_frames} latent frames is not a multiple of {chunk_frames}-frame chunks")
@@ -284,20 +322,19 @@ def shot_chunks(graphdef, state, cache: DualCache, key: jax.Array, text_kv: Text
     target_shot = jnp.asarray(target_shot, jnp.int32)
     shot_theta = jnp.asarray(shot_theta, jnp.float32)
     timesteps = jnp.asarray(timesteps, jnp.float32)
+    x0 = None
     for c in range(cache.shot_frames // chunk_frames):
-        x0 = denoise_chunk(graphdef, state, cache, noise[:, c * chunk_frames:(c + 1) * chunk_frames],
-                           jax.random.fold_in(k_steps, c), text_kv, target_shot, shot_theta, timesteps)
-        if before_commit is not None:
-            before_commit(x0)
-        cache = commit_chunk(graphdef, state, cache, x0, text_kv, target_shot, shot_theta)
+        x0, cache = chunk_step(graphdef, state, cache, x0, noise[:, c * chunk_frames:(c + 1) * chunk_frames],
+                               jax.random.fold_in(k_steps, c), text_kv, target_shot, shot_theta, timesteps)
         yield x0, cache
 
 
 def generate_shot(graphdef, state, cache: DualCache, key, text_kv, target_shot, **kw) -> tuple[jax.Array, DualCache]:
-    """All chunks of `shot_chunks` -> (latents f32[B, T, h, w, 16], cache)."""
+    """All chunks of `shot_chunks`, the last one committed too -> (latents f32[B, T, h, w, 16], cache)."""
     chunks = []
     for x0, cache in shot_chunks(graphdef, state, cache, key, text_kv, target_shot, **kw):
         chunks.append(x0)
+    cache = commit_chunk(graphdef, state, cache, chunks[-1], text_kv, target_shot, kw["shot_theta"])
     return jnp.concatenate(chunks, axis=1), cache
 
 
@@ -330,10 +367,10 @@ def rollout_shot(graphdef, state, cache: DualCache, noise: jax.Array, key: jax.A
         dit = nnx.merge(graphdef, state)
         frozen = nnx.merge(graphdef, jax.lax.stop_gradient(state))
         cache = jax.lax.stop_gradient(cache)
-        x0 = denoise(dit, cache, chunk_noise, jax.random.fold_in(key, c), text_kv, target_shot, shot_theta,
-                     ts, exit_step, dit_no_grad=frozen)
-        cache = commit(frozen, cache, jax.lax.stop_gradient(x0), jax.lax.stop_gradient(text_kv), target_shot,
-                       shot_theta)
+        x0, cache = denoise(dit, cache, chunk_noise, jax.random.fold_in(key, c), text_kv, target_shot, shot_theta,
+                            ts, exit_step, dit_no_grad=frozen)
+        cache = commit(frozen, jax.lax.stop_gradient(cache), jax.lax.stop_gradient(x0),
+                       jax.lax.stop_gradient(text_kv), target_shot, shot_theta)
         return cache, x0
 
     cache, out = jax.lax.scan(body, cache, (jnp.arange(nchunks), chunks))

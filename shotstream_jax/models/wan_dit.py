@@ -12,8 +12,10 @@ Beyond the plain text-to-video forward, the same module serves ShotStream:
     indicator adds k * shot_theta to every temporal angle of a frame in shot k);
   * per-frame text: `text` [B, P, L, Dt] with `frame_prompt` int32 [F] makes
     frame f cross-attend to prompt frame_prompt[f] (multi-caption teacher);
-  * a key/value prefix for self-attention (the student's caches) with a
-    `MaskSpec`, and the current tokens' K/V as an optional output.
+  * self-attention K/V buffers (the student's caches, `KVCache`): a pass
+    writes its tokens' K/V into every layer's buffer in place and attends to
+    the buffer's written prefix (`MaskSpec.kv_len`), so no pass copies the
+    cache; and the current tokens' K/V as an optional output.
 
 Nothing in this file knows about PyTorch key names; the converter does.
 """
@@ -60,6 +62,7 @@ class WanDiTConfig:
     remat_policy: str = "nothing_saveable"  # a jax.checkpoint_policies name, e.g. dots_with_no_batch_dims_saveable
     scan_unroll: int = 1
     attention_impl: str = "auto"
+    fp8: bool = False  # the blocks' linear layers as E4M3 matmuls with per-tensor scales (inference)
 
     @property
     def head_dim(self) -> int:
@@ -88,6 +91,30 @@ class TextKV(NamedTuple):
     """Cross-attention keys/values of every layer: [layers, B, (P,) L, H, Dh]."""
     k: jax.Array
     v: jax.Array
+
+
+class KVCache(NamedTuple):
+    """Self-attention K/V buffers of every layer, [layers, B, L, H, Dh], and the token offset
+    `start` (int32 [], may be traced) where a pass writes its own tokens' K/V."""
+    k: jax.Array
+    v: jax.Array
+    start: jax.Array
+
+
+class _LayerCache(NamedTuple):
+    """`KVCache` seen from one block: the stacked buffers and the block's layer index."""
+    k: jax.Array
+    v: jax.Array
+    start: jax.Array
+    layer: jax.Array
+
+    def write_and_read(self, k: jax.Array, v: jax.Array):
+        """Write k, v [B, n, H, Dh] at (layer, start) in place; return (self, this layer's keys, values)."""
+        at = (self.layer, 0, self.start, 0, 0)
+        ck = jax.lax.dynamic_update_slice(self.k, k[None].astype(self.k.dtype), at)
+        cv = jax.lax.dynamic_update_slice(self.v, v[None].astype(self.v.dtype), at)
+        read = lambda c: jax.lax.dynamic_index_in_dim(c, self.layer, keepdims=False)
+        return self._replace(k=ck, v=cv), read(ck).astype(k.dtype), read(cv).astype(v.dtype)
 
 
 class RoPE(NamedTuple):
@@ -182,8 +209,30 @@ def _axes(names: tuple) -> dict:
     return {"out_sharding": names, "eager_sharding": False}
 
 
-def _linear(cfg: WanDiTConfig, din: int, dout: int, axes: tuple[str, str], rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(
+E4M3_MAX = 448.0  # largest finite float8_e4m3fn
+
+
+def quantize_e4m3(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """a -> (float8_e4m3fn values, float32 per-tensor scale) with a ~= values * scale."""
+    scale = jnp.maximum(jnp.max(jnp.abs(a)).astype(jnp.float32), 1e-12) / E4M3_MAX
+    return (a.astype(jnp.float32) / scale).astype(jnp.float8_e4m3fn), scale
+
+
+class Fp8Linear(nnx.Linear):
+    """nnx.Linear (same parameters, so checkpoints load unchanged) computed as an FP8 E4M3 matmul:
+    input and kernel each scaled per tensor into E4M3's range, products accumulated in float32."""
+
+    def __call__(self, x):
+        xq, sx = quantize_e4m3(x)
+        wq, sw = quantize_e4m3(self.kernel[...])
+        y = jax.lax.dot_general(xq, wq, (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+        return (y * (sx * sw) + self.bias[...].astype(jnp.float32)).astype(self.dtype)
+
+
+def _linear(cfg: WanDiTConfig, din: int, dout: int, axes: tuple[str, str], rngs: nnx.Rngs,
+            fp8: bool = False) -> nnx.Linear:
+    """A Linear in the compute dtype; `fp8` (the blocks' layers, with cfg.fp8) makes it an `Fp8Linear`."""
+    return (Fp8Linear if fp8 and cfg.fp8 else nnx.Linear)(
         din, dout, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
         kernel_init=nnx.with_metadata(nnx.initializers.lecun_normal(), **_axes(axes)),
         bias_init=nnx.with_metadata(nnx.initializers.zeros_init(), **_axes((axes[1],))),
@@ -193,9 +242,9 @@ def _linear(cfg: WanDiTConfig, din: int, dout: int, axes: tuple[str, str], rngs:
 class MLP(nnx.Module):
     """Linear - GELU(tanh) - Linear (Wan's FFN and text embedding)."""
 
-    def __init__(self, cfg, din, dhidden, dout, rngs, axes=("embed", "mlp")):
-        self.fc1 = _linear(cfg, din, dhidden, axes, rngs)
-        self.fc2 = _linear(cfg, dhidden, dout, axes[::-1], rngs)
+    def __init__(self, cfg, din, dhidden, dout, rngs, axes=("embed", "mlp"), fp8=False):
+        self.fc1 = _linear(cfg, din, dhidden, axes, rngs, fp8)
+        self.fc2 = _linear(cfg, dhidden, dout, axes[::-1], rngs, fp8)
 
     def __call__(self, x):
         return self.fc2(jax.nn.gelu(self.fc1(x), approximate=True))
@@ -210,10 +259,10 @@ class _Attention(nnx.Module):
     def __init__(self, cfg: WanDiTConfig, rngs: nnx.Rngs):
         self.cfg = cfg
         d = cfg.dim
-        self.q = _linear(cfg, d, d, ("embed", "heads"), rngs)
-        self.k = _linear(cfg, d, d, ("embed", "heads"), rngs)
-        self.v = _linear(cfg, d, d, ("embed", "heads"), rngs)
-        self.o = _linear(cfg, d, d, ("heads", "embed"), rngs)
+        self.q = _linear(cfg, d, d, ("embed", "heads"), rngs, fp8=True)
+        self.k = _linear(cfg, d, d, ("embed", "heads"), rngs, fp8=True)
+        self.v = _linear(cfg, d, d, ("embed", "heads"), rngs, fp8=True)
+        self.o = _linear(cfg, d, d, ("heads", "embed"), rngs, fp8=True)
         pd = jnp.dtype(cfg.param_dtype)
         self.norm_q = RMSNorm(d, cfg.eps, param_dtype=pd, axis_name="heads")
         self.norm_k = RMSNorm(d, cfg.eps, param_dtype=pd, axis_name="heads")
@@ -228,15 +277,18 @@ class SelfAttention(_Attention):
         k = apply_rope(self.norm_k(self.k(x)).reshape(heads), rope)
         return q, k, self.v(x).reshape(heads)
 
-    def __call__(self, x, rope, prefix_kv=None, mask: Optional[MaskSpec] = None):
-        """Returns (out [B, N, D], (k, v) of these tokens [B, N, H, Dh])."""
+    def __call__(self, x, rope, cache: Optional[_LayerCache] = None, mask: Optional[MaskSpec] = None):
+        """Returns (out [B, N, D], (k, v) of these tokens [B, N, H, Dh], the updated cache).
+
+        With a cache the keys are the layer's whole buffer after writing these
+        tokens into it; `mask.kv_len` bounds the part the attention reads.
+        """
         q, k, v = self.qkv(x, rope)
         keys, values = k, v
-        if prefix_kv is not None:
-            keys = jnp.concatenate([prefix_kv[0].astype(k.dtype), k], axis=1)
-            values = jnp.concatenate([prefix_kv[1].astype(v.dtype), v], axis=1)
+        if cache is not None:
+            cache, keys, values = cache.write_and_read(k, v)
         out = attention(q, keys, values, mask, impl=self.cfg.attention_impl)
-        return self.o(out.reshape(x.shape[0], x.shape[1], -1)), (k, v)
+        return self.o(out.reshape(x.shape[0], x.shape[1], -1)), (k, v), cache
 
 
 class CrossAttention(_Attention):
@@ -279,13 +331,13 @@ class WanBlock(nnx.Module):
         self.self_attn = SelfAttention(cfg, rngs)
         self.cross_attn = CrossAttention(cfg, rngs)
         self.norm3 = AffineLayerNorm(cfg.dim, cfg.eps, param_dtype=pd) if cfg.cross_attn_norm else None
-        self.ffn = MLP(cfg, cfg.dim, cfg.ffn_dim, cfg.dim, rngs)
+        self.ffn = MLP(cfg, cfg.dim, cfg.ffn_dim, cfg.dim, rngs, fp8=True)
         self.modulation = nnx.Param(
             jax.random.normal(rngs.params(), (6, cfg.dim), pd) / cfg.dim ** 0.5,
             **_axes((None, "embed")))
 
-    def __call__(self, x, e0, rope, text_kv, frames, frame_prompt=None, prefix_kv=None, mask=None):
-        """x [B, N, D] float32 residual stream; e0 [B, F, 6, D] float32."""
+    def __call__(self, x, e0, rope, text_kv, frames, frame_prompt=None, cache=None, mask=None):
+        """x [B, N, D] float32 residual stream; e0 [B, F, 6, D] float32. Returns (x, (k, v), cache)."""
         b, n, d = x.shape
         cdt = jnp.dtype(self.cfg.dtype)
         mod = self.modulation[...].astype(jnp.float32) + e0  # [B, F, 6, D]
@@ -294,7 +346,7 @@ class WanBlock(nnx.Module):
         by_frame = (b, frames, n // frames, d)
 
         h = _modulate(layer_norm(x, self.cfg.eps).reshape(by_frame), shift_sa, scale_sa)
-        y, kv = self.self_attn(h.reshape(b, n, d).astype(cdt), rope, prefix_kv, mask)
+        y, kv, cache = self.self_attn(h.reshape(b, n, d).astype(cdt), rope, cache, mask)
         x = x + (y.astype(jnp.float32).reshape(by_frame) * gate_sa).reshape(b, n, d)
 
         h = self.norm3(x) if self.norm3 is not None else x
@@ -303,7 +355,7 @@ class WanBlock(nnx.Module):
         h = _modulate(layer_norm(x, self.cfg.eps).reshape(by_frame), shift_ff, scale_ff)
         y = self.ffn(h.reshape(b, n, d).astype(cdt))
         x = x + (y.astype(jnp.float32).reshape(by_frame) * gate_ff).reshape(b, n, d)
-        return x, kv
+        return x, kv, cache
 
 
 class Head(nnx.Module):
@@ -404,7 +456,7 @@ class WanDiT(nnx.Module):
         frame_pos: Optional[jax.Array] = None,
         frame_shot: Optional[jax.Array] = None,
         shot_theta: float = 0.0,
-        prefix_kv: Optional[tuple[jax.Array, jax.Array]] = None,
+        kv_cache: Optional[KVCache] = None,
         mask: Optional[MaskSpec] = None,
         return_kv: bool = False,
         return_intermediates: bool = False,
@@ -419,13 +471,16 @@ class WanDiT(nnx.Module):
           frame_pos, frame_shot: int/float [F] RoPE temporal position and shot
             index per latent frame (default 0..F-1 and 0).
           shot_theta: phase added per shot index to temporal angles.
-          prefix_kv: (k, v) [layers, B, Lp, H, Dh] roped keys/values that every
-            token attends to before its own (the student's caches).
-          mask: MaskSpec over keys = concat(prefix, these tokens).
+          kv_cache: self-attention buffers (the student's caches): these
+            tokens' roped K/V are written at `kv_cache.start` of every layer's
+            buffer and the tokens attend to the buffer; `mask.kv_len` (= start
+            + N, or more) says how much of it is written.
+          mask: MaskSpec over the keys (the buffer with a cache, else these tokens).
           return_kv: also return these tokens' (k, v) [layers, B, N, H, Dh].
           return_intermediates: also return {'blocks': [layers, B, N, D]}.
         Returns:
-          velocity f32[B, F, H, W, C_out], then the requested extras in order.
+          velocity f32[B, F, H, W, C_out], then the updated `KVCache` if one was
+          given, then the requested extras in order.
         """
         cfg = self.cfg
         b, f, hh, ww, _ = latents.shape
@@ -445,26 +500,44 @@ class WanDiT(nnx.Module):
         x = self.patch_embedding(self.patchify(latents).astype(jnp.dtype(cfg.dtype))).astype(jnp.float32)
         graphdef, block_state = nnx.split(self.blocks)
 
-        def body(x, xs):
-            layer_state, tkv, pkv = xs
+        def body(carry, xs):
+            x, cache = carry
+            layer_state, tkv, layer = xs
             block = nnx.merge(graphdef, layer_state)
-            x, kv = block(x, e0, rope, tkv, grid[0], frame_prompt, pkv, mask)
+            lc = None if cache is None else _LayerCache(cache.k, cache.v, cache.start, layer)
+            x, kv, lc = block(x, e0, rope, tkv, grid[0], frame_prompt, lc, mask)
             x = sharding.constrain_tokens(x)
+            cache = None if lc is None else cache._replace(k=lc.k, v=lc.v)
             ys = (kv if return_kv else None, x if return_intermediates else None)
-            return x, ys
+            return (x, cache), ys
 
         if cfg.remat:
             body = jax.checkpoint(body, policy=getattr(jax.checkpoint_policies, cfg.remat_policy))
-        x, (kv, inter) = jax.lax.scan(
-            body, x, (block_state, tuple(text_kv), prefix_kv), unroll=cfg.scan_unroll)
+        # The cache rides in the carry so that every layer's write is in place.
+        (x, kv_cache), (kv, inter) = jax.lax.scan(
+            body, (x, kv_cache), (block_state, tuple(text_kv), jnp.arange(cfg.num_layers)),
+            unroll=cfg.scan_unroll)
 
         out = self.unpatchify(self.head(x, e), grid)
-        extras = []
+        extras = [] if kv_cache is None else [kv_cache]
         if return_kv:
             extras.append(kv)
         if return_intermediates:
             extras.append({"blocks": inter})
         return (out, *extras) if extras else out
+
+
+def for_inference(dit: WanDiT) -> WanDiT:
+    """The model with its parameters stored in the compute dtype on accelerators (bf16 weights: no pass
+    converts 5 GB of float32 weights again), unchanged on CPU, where float32 parameters stay."""
+    cfg = dit.cfg
+    if jax.default_backend() == "cpu" or cfg.param_dtype == cfg.dtype:
+        return dit
+    cfg = dataclasses.replace(cfg, param_dtype=cfg.dtype)
+    graphdef = nnx.split(nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0))))[0]
+    state = jax.tree.map(lambda x: x.astype(cfg.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                         nnx.state(dit))
+    return nnx.merge(graphdef, state)
 
 
 def num_params(model: nnx.Module) -> int:

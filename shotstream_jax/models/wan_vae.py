@@ -53,7 +53,9 @@ class WanVAEConfig:
     temporal_downsample: tuple[bool, ...] = (False, True, True)
     latents_mean: tuple[float, ...] = WAN21_LATENTS_MEAN
     latents_std: tuple[float, ...] = WAN21_LATENTS_STD
-    dtype: str = "float32"  # compute dtype of convolutions; norms stay float32
+    # Convolution inputs and outputs, activations and conv caches (bfloat16 on accelerators: the convs
+    # accumulate in float32 inside, the temporal taps are summed in float32); norms compute in float32.
+    dtype: str = "float32"
 
     def __post_init__(self):
         if len(self.temporal_downsample) != len(self.dim_mult) - 1:
@@ -104,15 +106,16 @@ class CausalConv3d(nnx.Module):
         self.cache_frames = kt - 1 if cache_frames is None else cache_frames
 
     def init_cache(self, b: int, h: int, w: int) -> Optional[jax.Array]:
-        """f32[B, cache_frames, H, W, Cin] zeros, or None for a 1-frame kernel."""
+        """[B, cache_frames, H, W, Cin] zeros in the compute dtype, or None for a 1-frame kernel."""
         if not self.cache_frames:
             return None
-        return jnp.zeros((b, self.cache_frames, h, w, self.kernel.shape[3]), jnp.float32)
+        return jnp.zeros((b, self.cache_frames, h, w, self.kernel.shape[3]), self.dtype)
 
     def __call__(self, x, cache=None):
+        x = x.astype(self.dtype)
         if self.cache_frames:
-            x = jnp.concatenate([cache.astype(x.dtype), x], axis=1)
-            cache = x[:, -self.cache_frames:].astype(jnp.float32)
+            x = jnp.concatenate([cache.astype(self.dtype), x], axis=1)
+            cache = x[:, -self.cache_frames:]
         # A sum over temporal taps of per-frame 2D convs: XLA:CPU runs these
         # about 2x faster than one 3D conv, and accelerators fuse them well.
         kernel = self.kernel[...].astype(self.dtype)
@@ -121,16 +124,21 @@ class CausalConv3d(nnx.Module):
         y = 0.0
         for i in range(kt):
             frames = x[:, i:i + self.stride_t * (t_out - 1) + 1:self.stride_t]
-            y = y + _conv2d(frames, kernel[i], 1, ((kh // 2, kh // 2), (kw // 2, kw // 2)), self.dtype)
-        return y + self.bias[...], cache
+            y = y + _conv2d(frames, kernel[i], 1, ((kh // 2, kh // 2), (kw // 2, kw // 2)),
+                            self.dtype).astype(jnp.float32)
+        return (y + self.bias[...]).astype(self.dtype), cache
 
 
 def _conv2d(x, kernel, stride, padding, dtype):
-    """Per-frame 2D conv: x [B, T, H, W, Cin], kernel [kh, kw, Cin, Cout] -> f32[B, T, H', W', Cout]."""
+    """Per-frame 2D conv: x [B, T, H, W, Cin], kernel [kh, kw, Cin, Cout] -> [B, T, H', W', Cout] in `dtype`.
+
+    The output stays in the input dtype: asking XLA for bf16 inputs and a float32
+    output makes its GPU compiler run the conv in float32.
+    """
     b, t = x.shape[:2]
     y = jax.lax.conv_general_dilated(
         x.reshape(b * t, *x.shape[2:]).astype(dtype), kernel.astype(dtype), window_strides=(stride, stride),
-        padding=padding, dimension_numbers=("NHWC", "HWIO", "NHWC"), preferred_element_type=jnp.float32)
+        padding=padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y.reshape(b, t, *y.shape[1:])
 
 
@@ -143,7 +151,7 @@ class Conv2d(nnx.Module):
         self.stride, self.padding, self.dtype = stride, padding, dtype
 
     def __call__(self, x):
-        return _conv2d(x, self.kernel[...], self.stride, self.padding, self.dtype) + self.bias[...]
+        return (_conv2d(x, self.kernel[...], self.stride, self.padding, self.dtype) + self.bias[...]).astype(self.dtype)
 
 
 class RMSNorm(nnx.Module):
@@ -153,9 +161,9 @@ class RMSNorm(nnx.Module):
         self.gamma = nnx.Param(jnp.ones((dim,)))
 
     def __call__(self, x):
-        x = x.astype(jnp.float32)
+        dtype, x = x.dtype, x.astype(jnp.float32)
         norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
-        return x / jnp.maximum(norm, 1e-12) * (x.shape[-1] ** 0.5) * self.gamma[...]
+        return (x / jnp.maximum(norm, 1e-12) * (x.shape[-1] ** 0.5) * self.gamma[...]).astype(dtype)
 
 
 class ResidualBlock(nnx.Module):
@@ -192,7 +200,7 @@ class AttentionBlock(nnx.Module):
         qkv = self.to_qkv(self.norm(x)).reshape(b * t, h * w, 1, 3 * c)
         q, k, v = jnp.split(qkv, 3, axis=-1)
         o = attention(q, k, v).reshape(b, t, h, w, c)
-        return x + self.proj(o).astype(jnp.float32)
+        return x + self.proj(o).astype(x.dtype)
 
 
 class Resample(nnx.Module):
@@ -248,7 +256,7 @@ class Resample(nnx.Module):
         if self.mode == "downsample3d":
             if first:
                 # The first chunk (one frame) skips the time conv but seeds its cache.
-                cache = x[:, -1:].astype(jnp.float32)
+                cache = x[:, -1:]
             else:
                 x, cache = self.time_conv(x, cache)
         return x, cache
@@ -411,7 +419,7 @@ class WanVAE(nnx.Module):
     def _encode_chunk(self, x, cache, first):
         h, cache = self.encoder(x, cache, first)
         mean = self.quant_conv(h)[0][..., :self.cfg.z_dim]
-        return mean, cache
+        return mean.astype(jnp.float32), cache
 
     @nnx.jit
     def encode(self, video: jax.Array) -> jax.Array:
@@ -454,7 +462,7 @@ class WanVAE(nnx.Module):
         self._check_latents(z)
         x = self.post_quant_conv(z)[0]
         x, feats = self.decoder(x, cache.feats, first=not cache.started)
-        return jnp.clip(x, -1.0, 1.0), DecodeCache(feats, started=True)
+        return jnp.clip(x.astype(jnp.float32), -1.0, 1.0), DecodeCache(feats, started=True)
 
     @nnx.jit
     def decode(self, z: jax.Array) -> jax.Array:
