@@ -16,9 +16,11 @@ import math
 import jax
 import numpy as np
 from jax._src.ad_checkpoint import saved_residuals
+from flax import nnx
 from jax.sharding import AbstractMesh
 
 from shotstream_jax import sharding
+from shotstream_jax.models.wan_vae import WanVAE, WanVAEConfig
 from shotstream_jax.train import stages
 
 GB = 1e9
@@ -82,16 +84,23 @@ def estimate(cfg, chips: int | None = None) -> dict:
     mesh = AbstractMesh(shape, sharding.AXES)
     stage = stages.STAGES[cfg.stage](cfg, mesh)
     abstract, state_sh = stage.abstract_state()
-    params = _bytes({k: abstract[k] for k in ("gen", "gen_frozen", "critic") if k in abstract},
-                    {k: state_sh[k] for k in ("gen", "gen_frozen", "critic") if k in abstract})
+    nets = [k for k in ("gen", "gen_frozen", "critic", "critic_frozen") if k in abstract]
+    params = _bytes({k: abstract[k] for k in nets}, {k: state_sh[k] for k in nets})
     opt = _bytes({k: abstract[k] for k in ("gen_opt", "critic_opt") if k in abstract},
                  {k: state_sh[k] for k in ("gen_opt", "critic_opt") if k in abstract})
     consts = {}
     if isinstance(stage, stages.DmdStage):
-        # The teacher (real score) is sharded like the critic.
-        params += _bytes(abstract["critic"], state_sh["critic"])
-        consts = {"real": abstract["critic"],
+        # The teacher (real score) is a full net sharded like the critic's base weights.
+        real = "critic_frozen" if stage.critic.kind == "lora" else "critic"
+        params += _bytes(abstract[real], state_sh[real])
+        consts = {"real": abstract[real],
                   "uncond": jax.ShapeDtypeStruct((cfg.model.text_len, cfg.model.text_dim), np.float32)}
+    if isinstance(stage, stages.DmdInterStage):
+        # The Wan VAE that decodes and re-encodes the generated shots, replicated as `vae_params` puts it.
+        vae = nnx.eval_shape(lambda: WanVAE(WanVAEConfig(), rngs=nnx.Rngs(0)))
+        stage.vae_graphdef, vae_state = nnx.split(vae, nnx.Param)
+        consts["vae"] = vae_state.to_pure_dict()
+        params += _bytes(consts["vae"])
     per_chip = max(1, cfg.train.batch_size // sharding.batch_shards(mesh) // cfg.train.get("grad_accum", 1))
     batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct((per_chip,) + a.shape, a.dtype), _example(cfg))
     grads, acts = 0, 0
