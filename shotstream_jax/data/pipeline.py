@@ -175,10 +175,8 @@ class PreencodedSource:
             return {k: (z[k].astype(np.float32) if z[k].dtype == np.float16 else z[k]) for k in z.files}
 
 
-def source(cfg, workdir: str, min_shots: int = 2):
-    """The example source the config names; a generated toy dataset in `workdir` when it names none."""
-    if cfg.data.latents_dir:
-        return PreencodedSource(cfg.data.latents_dir)
+def manifest_path(cfg, workdir: str) -> str:
+    """The manifest the config names; a toy dataset generated in `workdir` when it names none."""
     path = cfg.data.manifest
     if not path:
         toy_dir = os.path.join(workdir, "toy_data")
@@ -186,7 +184,14 @@ def source(cfg, workdir: str, min_shots: int = 2):
         if not os.path.exists(path):
             log.info("no data configured: writing a toy dataset to %s", toy_dir)
             path = toy.make_toy_dataset(toy_dir, num_videos=cfg.data.toy_videos, seed=cfg.data.shuffle_seed)
-    clips, _ = manifest.read_manifest(path, min_shots=min_shots)
+    return path
+
+
+def source(cfg, workdir: str, min_shots: int = 2):
+    """The example source the config names; a generated toy dataset in `workdir` when it names none."""
+    if cfg.data.latents_dir:
+        return PreencodedSource(cfg.data.latents_dir)
+    clips, _ = manifest.read_manifest(manifest_path(cfg, workdir), min_shots=min_shots)
     return ClipSource(clips, cfg, *encoders(cfg))
 
 

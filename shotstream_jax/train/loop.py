@@ -84,7 +84,7 @@ def train(cfg, workdir: str, progress: bool = True) -> dict:
     if cfg.stage not in stages.STAGES:
         raise ValueError(f"stage {cfg.stage!r} is not a training stage; use one of {sorted(stages.STAGES)} or ode_pairs")
     stage = stages.STAGES[cfg.stage](cfg, mesh)
-    src = _source(cfg, workdir, mesh)
+    src = stage.source(workdir) if cfg.stage == "vae" else _source(cfg, workdir, mesh)
     it = iter(pipeline.dataset(src, _per_process_batch(cfg, mesh), cfg.data.shuffle_seed,
                                jax.process_index(), jax.process_count()))
 
