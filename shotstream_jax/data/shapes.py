@@ -26,7 +26,6 @@ data/manifest.py and data/pipeline.py read.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import os
@@ -34,6 +33,8 @@ import re
 import tempfile
 
 import numpy as np
+
+from shotstream_jax.data.manifest import write_manifest
 
 PALETTE = {
     "red": (220, 40, 40),
@@ -271,7 +272,7 @@ def write_dataset(out_dir: str, num_stories: int, seed: int = 0, shot_frames: in
             json.dump(story.captions, f, indent=1)
         ranges = [[k * shot_frames, (k + 1) * shot_frames] for k in range(len(story.shots))]
         for n in range(MIN_SHOTS if prefixes else len(ranges), len(ranges) + 1):
-            rows.append([len(story.shots), name + ".json", name + ".mp4", json.dumps(ranges[:n])])
+            rows.append([len(story.shots), name + ".json", name + ".mp4", ranges[:n]])
         stories.append(dict(video=name + ".mp4", global_caption=story.global_caption,
                             shots=[s.caption for s in story.shots]))
         if progress and ((i + 1) % 50 == 0 or i + 1 == num_stories):
@@ -279,12 +280,7 @@ def write_dataset(out_dir: str, num_stories: int, seed: int = 0, shot_frames: in
     with open(os.path.join(out_dir, "stories.json"), "w") as f:
         json.dump(dict(seed=seed, shot_frames=shot_frames, fps=fps, stories=stories), f, indent=1)
     write_tokenizer(os.path.join(out_dir, "tokenizer.json"))
-    manifest = os.path.join(out_dir, "manifest.csv")
-    with open(manifest, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["shot_num_from_caption", "json_path", "video_path", "frame_number"])
-        w.writerows(rows)
-    return manifest
+    return write_manifest(os.path.join(out_dir, "manifest.csv"), rows)
 
 
 def main(argv):
