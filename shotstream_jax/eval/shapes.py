@@ -248,6 +248,8 @@ def main(argv):
     if f.model:
         from shotstream_jax import ShotStream
         pipe = ShotStream.load(None if f.model == "default" else f.model)
+        if f.no_shot_phase:   # ablation: the RoPE shot-discontinuity phase removed at inference
+            pipe.shot_theta = 0.0
         generate_videos(pipe, f.stories, f.videos, f.seed, f.limit)
     metrics = evaluate(f.stories, f.videos, f.limit)
     for m in sorted(metrics):
@@ -268,6 +270,7 @@ if __name__ == "__main__":
     flags.DEFINE_string("model", "", "Generate the stories first with this model directory ('default': the "
                         "bundled default model) into --videos.")
     flags.DEFINE_integer("seed", 0, "Generation seed of every story (with --model).")
+    flags.DEFINE_bool("no_shot_phase", False, "Generate without the RoPE shot phase (ablation; with --model).")
     flags.DEFINE_string("output", "", "Also write the metrics as JSON here.")
     flags.mark_flags_as_required(["stories", "videos"])
     app.run(main)

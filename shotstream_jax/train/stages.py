@@ -582,18 +582,18 @@ class VaeStage(Stage):
         _, sh = self.abstract_state()
         return jax.jit(self._init, out_shardings=sh)(), sh
 
+    def loss(self, params, batch, key=None):
+        """(squared + absolute reconstruction error + latent penalty, {l1, psnr}) of a batch of clips."""
+        vae = nnx.merge(self.graphdef, params)
+        x = batch["video"]
+        z = vae.encode(x)
+        err = vae.decode(z) - x
+        l2, l1 = jnp.mean(err ** 2), jnp.mean(jnp.abs(err))
+        loss = l2 + l1 + self.cfg.train.latent_penalty * jnp.mean(z ** 2)
+        return loss, {"l1": l1, "psnr": 10 * jnp.log10(4.0 / l2)}
+
     def step(self, state, consts, batch):
-        penalty = self.cfg.train.latent_penalty
-
-        def loss_fn(params, batch, key):
-            vae = nnx.merge(self.graphdef, params)
-            x = batch["video"]
-            z = vae.encode(x)
-            err = vae.decode(z) - x
-            l2, l1 = jnp.mean(err ** 2), jnp.mean(jnp.abs(err))
-            return l2 + l1 + penalty * jnp.mean(z ** 2), {"l1": l1, "psnr": 10 * jnp.log10(4.0 / l2)}
-
-        state, loss, aux = self._update(state, loss_fn, batch, self._key(state))
+        state, loss, aux = self._update(state, self.loss, batch, self._key(state))
         return {**state, "step": state["step"] + 1}, {"loss": loss, **aux}
 
     def export(self, state, out_dir: str) -> None:
