@@ -66,4 +66,7 @@ for m in ode_init dmd_intra dmd_inter; do
   $PY -m shotstream_jax.eval.shapes --model="$RUN/$m/export" --stories="$RUN/heldout/stories.json" \
     --videos="$RUN/eval/$m" --output="$RUN/eval/$m.json"
 done
+say "ablation: the final student without the RoPE shot phase"
+$PY -m shotstream_jax.eval.shapes --model="$RUN/model" --no_shot_phase --stories="$RUN/heldout/stories.json" \
+  --videos="$RUN/eval/no_shot_phase" --output="$RUN/eval/no_shot_phase.json"
 say "done: model in $RUN/model, metrics in $RUN/eval/*.json"
