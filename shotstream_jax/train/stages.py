@@ -27,7 +27,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from shotstream_jax import context as context_lib
-from shotstream_jax import checkpoint, schedule, sharding
+from shotstream_jax import checkpoint, model_dir, schedule, sharding
 from shotstream_jax.data import pipeline
 from shotstream_jax.models import student as student_lib
 from shotstream_jax.models import teacher as teacher_lib
@@ -661,7 +661,7 @@ class VideoClipSource:
         except ValueError as e:
             log.warning("skipping clip %s: %s", clip.video, e)
             return None
-        return {"video": pipeline.resize_crop(frames, self.cfg.video.height, self.cfg.video.width)}
+        return {"video": pipeline.resize(frames, self.cfg.video.height, self.cfg.video.width, self.cfg.data.resize)}
 
 
 class VaeStage(Stage):
