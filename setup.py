@@ -8,6 +8,8 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["shotstream_jax", "shotstream_jax.*"]),
+    # The shipped default model directory (shotstream_jax/default_model.py), when present.
+    package_data={"shotstream_jax": ["assets/default_model/*", "assets/default_model/**/*"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.10",

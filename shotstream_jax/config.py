@@ -14,11 +14,15 @@ import ml_collections
 from shotstream_jax.models.wan_dit import WanDiTConfig
 
 STAGES = ("teacher", "ode_pairs", "ode_init", "dmd_intra", "dmd_inter", "generate")
+# Stages only some sizes have: "vae" trains a VAE where no pretrained one exists (configs/shapes).
+EXTRA_STAGES = ("vae",)
 
 # size -> (DiT size, DiT overrides, video (height, width)).
 _SIZES = {
     # Small enough for CPU tests: 2 layers of width 64 on 32x32 frames.
     "toy": ("tiny", dict(text_dim=32, freq_dim=32, text_len=256), (32, 32)),
+    # The Shapes world (data/shapes.py): 64x64 stories, word-level prompts of < 32 tokens.
+    "shapes": ("tiny", dict(text_dim=64, freq_dim=64, text_len=32), (64, 64)),
     # remat: activations of one block at a time (model.remat_policy picks what is kept).
     "wan_1_3b": ("1.3B", dict(dtype="bfloat16", remat=True), (480, 832)),
     "wan_14b": ("14B", dict(dtype="bfloat16", remat=True), (480, 832)),
@@ -28,6 +32,8 @@ _SIZES = {
 def model_config(size: str) -> ml_collections.ConfigDict:
     dit_size, overrides, _ = _SIZES[size]
     cfg = dataclasses.asdict(WanDiTConfig.from_size(dit_size, **overrides))
+    if size == "shapes":   # wider and deeper than the toy: 4 layers of width 128
+        cfg.update(dim=128, ffn_dim=384, num_heads=2, num_layers=4)
     cfg["patch_size"] = tuple(cfg["patch_size"])
     return ml_collections.ConfigDict(cfg)
 
@@ -35,8 +41,8 @@ def model_config(size: str) -> ml_collections.ConfigDict:
 def get_config(size: str = "toy", stage: str = "teacher") -> ml_collections.ConfigDict:
     if size not in _SIZES:
         raise ValueError(f"unknown size {size!r}; known: {sorted(_SIZES)}")
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; known: {STAGES}")
+    if stage not in STAGES + EXTRA_STAGES:
+        raise ValueError(f"unknown stage {stage!r}; known: {STAGES + EXTRA_STAGES}")
     toy = size == "toy"
     c = ml_collections.ConfigDict()
     c.size = size
@@ -61,6 +67,11 @@ def get_config(size: str = "toy", stage: str = "teacher") -> ml_collections.Conf
         timestep_shift=8.0,
         num_train_timesteps=1000,
     ))
+
+    if size == "shapes":  # 33-frame shots: 9 latent frames, three 3-frame chunks
+        c.video.shot_frames = 33
+        c.shotstream.shot_latent_frames = 9
+        c.shotstream.first_shot_context = "zeros"   # what dmd_inter rolls the first shot out with
 
     # Device mesh (sharding.py); dcn_data: how many slices the data axis spans (multislice).
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, context=1, tensor=1, dcn_data=1))
@@ -105,7 +116,20 @@ def _add_stage(c: ml_collections.ConfigDict, stage: str, toy: bool) -> None:
     t.teacher_dir = ""               # model dir of the bidirectional teacher (real score, critic init)
     t.init_dir = ""                  # model dir the trained network starts from
     t.ode_dir = ""                   # ODE pairs written by the ode_pairs stage
-    if stage == "teacher":
+    if stage == "vae":
+        # A Wan-architecture VAE trained by reconstruction (train/stages.py VaeStage); its export is a full
+        # model directory (with the frozen text encoder and tokenizer below) for data.encoder_dir.
+        t.lr, t.b1, t.weight_decay, t.clip_norm = 1e-3, 0.9, 0.0, 1.0
+        t.clip_frames = 5            # pixel frames per training clip (1 + 4k): one lone frame, one group of 4
+        t.latent_penalty = 1e-4      # keeps the posterior means near unit scale
+        t.stats_batches = 16         # batches encoded at export to fit the latents' mean/std
+        c.vae = ml_collections.ConfigDict(dict(base_dim=8, z_dim=16, dim_mult=(1, 2, 2, 2), num_res_blocks=1,
+                                               temporal_downsample=(False, True, True)))
+        # umT5-architecture encoder, random and frozen (the recipe never trains umT5).
+        c.text_encoder = ml_collections.ConfigDict(dict(
+            tokenizer="",            # tokenizer.json path (data/shapes.py writes the world's); empty: bytes
+            num_layers=2, num_heads=2, d_ff=128, num_buckets=32, max_distance=128, seed=7))
+    elif stage == "teacher":
         t.lr, t.trainable = 1e-5, "self_attn"
         t.context_dropout = t.text_dropout = 0.1
     elif stage == "ode_init":

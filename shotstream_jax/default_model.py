@@ -1,11 +1,17 @@
-"""The default model: the toy configuration with fixed random weights.
+"""The default model: the Shapes-world model shipped in the package, else a toy with fixed random weights.
 
-Trained ShotStream weights cannot be fetched where this package is built, so
-`ShotStream.load()` without a directory builds this tiny model from fixed
-seeds: it runs the whole streaming pipeline end to end (and in tests), but its
-frames are noise. Real videos need converted weights (`shotstream-convert`).
+`load()` (what `ShotStream.load()` and `shotstream-generate` use without a
+model directory) returns the model directory `SHIPPED` inside the package when
+it is there: the student trained end to end on the Shapes world by
+`launch/shapes.sh` (64x64, 16 fps, 33-frame shots; see the README). Until a
+completed run is copied there, `load()` builds the toy model below: it runs the
+whole streaming pipeline (and the tests), but its frames are noise.
+
+    cp -r RUN/model shotstream_jax/assets/default_model     # ship a finished launch/shapes.sh run
 """
 from __future__ import annotations
+
+import os
 
 import jax
 from flax import nnx
@@ -16,8 +22,17 @@ from shotstream_jax.models.wan_dit import WanDiT, WanDiTConfig
 from shotstream_jax.models.wan_vae import WanVAE, WanVAEConfig
 from shotstream_jax.text import ByteTokenizer, TextEncoder
 
+SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "default_model")
 VAE = WanVAEConfig(base_dim=8, dim_mult=(1, 2, 2, 2), num_res_blocks=1)
 SEED = 20260101
+
+
+def load(**dit_overrides):
+    """(config, dit, vae, text_encoder) of the default model: `SHIPPED` when present, else `build()`."""
+    if os.path.isfile(os.path.join(SHIPPED, "config.json")):
+        from shotstream_jax import model_dir
+        return model_dir.load_pipeline(SHIPPED, **dit_overrides)
+    return build(**dit_overrides)
 
 
 def build(**dit_overrides):

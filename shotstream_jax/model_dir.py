@@ -65,6 +65,29 @@ def save(out_dir: str, dit: WanDiT, *, vae: Optional[WanVAE] = None, text_model:
         checkpoint.write_json(os.path.join(tmp, "config.json"), meta)
 
 
+def copy_encoders(src_dir, out_dir) -> dict:
+    """Copy the VAE, umT5 and tokenizer of model directory `src_dir` into `out_dir` (epath-able);
+    returns their config.json entries for the caller to write."""
+    src, out = checkpoint.as_path(src_dir), checkpoint.as_path(out_dir)
+    meta = _meta(str(src))
+    missing = [k for k in ("vae", "umt5", "tokenizer") if k not in meta]
+    if missing:
+        raise ValueError(f"{src}: holds no {', '.join(missing)}; data.encoder_dir must be a full model directory")
+    names = ["vae", "text_encoder"] + ([] if meta["tokenizer"] == "bytes" else [meta["tokenizer"]])
+    for name in names:
+        _copy_tree(src / name, out / name)
+    return {k: meta[k] for k in ("vae", "umt5", "tokenizer")}
+
+
+def _copy_tree(src, dst) -> None:
+    if src.is_dir():
+        dst.mkdir(parents=True, exist_ok=True)
+        for child in src.iterdir():
+            _copy_tree(child, dst / child.name)
+    else:
+        src.copy(dst, overwrite=True)
+
+
 def _meta(model_dir: str) -> dict:
     meta = checkpoint.read_json(os.path.join(model_dir, "config.json"))
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or "dit" not in meta:

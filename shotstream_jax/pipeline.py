@@ -118,7 +118,7 @@ class ShotStream:
         from shotstream_jax import model_dir as md
         if model_dir is None:
             from shotstream_jax import default_model
-            return cls(*default_model.build(**dit_overrides))
+            return cls(*default_model.load(**dit_overrides))
         return cls(*md.load_pipeline(model_dir, **dit_overrides))
 
     def session(self, global_caption: str, seed: int = 0) -> "Session":

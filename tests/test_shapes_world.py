@@ -74,7 +74,9 @@ def test_written_dataset_reads_back_and_scores_one(tmp_path):
     """Reference: manifest.read_manifest (the training reader) and the metrics on the decoded mp4s."""
     path = shapes.write_dataset(str(tmp_path), num_stories=3, seed=11)
     clips, skipped = manifest.read_manifest(path)
-    assert skipped == 0 and len(clips) == 3
+    stories = [shapes.make_story(11, i) for i in range(3)]
+    assert skipped == 0 and len(clips) == sum(len(s.shots) - 1 for s in stories)   # one row per 2..n prefix
+    assert [len(c.ranges) for c in clips[:len(stories[0].shots) - 1]] == list(range(2, len(stories[0].shots) + 1))
     assert clips[0].ranges == tuple((k * 33, (k + 1) * 33) for k in range(len(clips[0].ranges)))
     assert clips[0].prompts[1].startswith(shapes.make_story(11, 0).global_caption + "shot1:")
     out = metrics.evaluate(str(tmp_path / "stories.json"), str(tmp_path))
@@ -124,3 +126,29 @@ def test_bad_captions_and_story_files_fail_clearly(tmp_path):
     bad.write_text(json.dumps({"stories": [{"shots": []}]}))
     with pytest.raises(ValueError, match="not a Shapes stories file"):
         metrics.evaluate(str(bad), str(tmp_path))
+
+
+def test_tokenizer_covers_every_prompt(tmp_path):
+    """Reference: text.Tokenizer (the loader generation uses) on the world's prompts: no <unk>, </s> last."""
+    from shotstream_jax.text import Tokenizer, shot_prompt
+    tok = Tokenizer(shapes.write_tokenizer(str(tmp_path / "tokenizer.json")))
+    for story in STORIES:
+        for i, shot in enumerate(story.shots):
+            ids = tok(shot_prompt(story.global_caption, i, shot.caption))
+            assert 2 not in ids and ids[-1] == tok.eos_id == 1 and len(ids) <= 32
+
+
+@pytest.mark.parametrize("stage", ["vae", "teacher", "ode_pairs", "ode_init", "dmd_intra", "dmd_inter", "generate"])
+def test_shapes_configs_keep_the_inference_structure(stage):
+    """Reference: the issue's numbers (64x64, 16 fps, 3-latent-frame chunks, >= 3 per shot, 6 context
+    frames, 4 steps) and the world's 33-frame shots (1 + 4 * 8 pixel frames)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("c", f"configs/shapes/{stage}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config()
+    s = c.shotstream
+    assert c.stage == stage and (c.video.height, c.video.width, c.video.fps) == (64, 64, shapes.FPS)
+    assert s.chunk_frames == 3 and s.shot_latent_frames // s.chunk_frames >= 3 and s.shot_latent_frames % 3 == 0
+    assert s.context_frames == 6 and len(s.denoising_steps) == 4
+    assert c.video.shot_frames == shapes.SHOT_FRAMES == 1 + 4 * (s.shot_latent_frames - 1)

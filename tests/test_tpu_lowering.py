@@ -57,15 +57,15 @@ SCRIPT = textwrap.dedent("""
         heads = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, ("data", "fsdp"), None, "tensor", None))
         rows = lambda nd: sharding.batch_sharding(mesh, nd)
         cache = cache.replace(k=sds(cache.k, heads), v=sds(cache.v, heads),
-                              global_valid=sds(cache.global_valid, rows(2)),
+                              context_len=sds(cache.context_len, sharding.replicated(mesh)),
                               num_local=sds(cache.num_local, sharding.replicated(mesh)))
         text = jax.ShapeDtypeStruct((b, cfg.model.text_len, cfg.model.text_dim), jnp.float32)
         text_kv = jax.eval_shape(lambda p, t: nnx.merge(graphdef, p).encode_text(t), shapes, text)
         text_kv = jax.tree.map(lambda a: sds(a, heads if a.ndim == 5 else sharding.replicated(mesh)), text_kv)
         noise = sds(jax.ShapeDtypeStruct((b, 3) + hw + (16,), jnp.float32), rows(5))
         ts = schedule.student_timesteps(cfg.shotstream.denoising_steps, cfg.shotstream.timestep_shift)
-        fn = jax.jit(lambda p, c, x, kv: student.denoise_chunk(graphdef, p, c, x, jax.random.PRNGKey(0), kv, 1,
-                                                               1.0 / 6.0, ts))
+        fn = jax.jit(lambda p, c, x, kv: student.chunk_pass(nnx.merge(graphdef, p), c, x, x, jax.random.PRNGKey(0),
+                                                            kv, 1, 1.0 / 6.0, ts))
         with jax.set_mesh(mesh):
             return export.export(fn, platforms=("tpu",))(params, cache, noise, text_kv).mlir_module()
 
@@ -74,8 +74,7 @@ SCRIPT = textwrap.dedent("""
         from shotstream_jax.kernels import MaskSpec, attention
         ks = jax.random.split(jax.random.PRNGKey(0), 3)
         q, k, v = (jax.random.normal(kk, (4, 64, 2, 32), jnp.float32) for kk in ks)
-        mask = MaskSpec(kv_valid=jnp.arange(64)[None, :] < jnp.array([64, 40, 64, 20])[:, None],
-                        q_chunk=jnp.arange(64) // 16, kv_chunk=jnp.arange(64) // 16)
+        mask = MaskSpec(kv_len=jnp.array([64, 40, 64, 20], jnp.int32), q_chunk=jnp.arange(64) // 16, kv_chunk=jnp.arange(64) // 16)
         ref = attention(q, k, v, mask, impl="xla")
         errs = []
         for d, f, c, t in ((2, 2, 1, 2), (1, 2, 2, 2)):

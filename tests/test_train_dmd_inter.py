@@ -11,7 +11,7 @@ from flax import nnx
 
 from shotstream_jax import model_dir, sharding
 from shotstream_jax.data import pipeline
-from shotstream_jax.train import stages
+from shotstream_jax.train import loop, stages
 from tests.test_train_stages import small
 
 
@@ -72,7 +72,7 @@ def test_inter_shot_rollout_updates_and_reencoded_context(tmp_path):
     assert all(np.isfinite(float(m2[k])) for k in ("loss", "generator_loss", "critic_loss", "grad_norm"))
 
     # The exported generator is the base model with the LoRA merged in (W + alpha/r A B).
-    stage.export(new2, str(tmp_path / "export"))
+    loop.export(stage.cfg, stage, new2, str(tmp_path / "export"))
     got = nnx.state(model_dir.load_dit(str(tmp_path / "export")), nnx.Param).to_pure_dict()
     path = "blocks/ffn/fc1"
     ab = new2["gen"][path]

@@ -176,3 +176,41 @@ def test_quantize_e4m3_by_hand():
     q, s = quantize_e4m3(jnp.array([0.0, 1.0, -2.0, 4.48]))
     assert float(s) == pytest.approx(0.01)
     np.testing.assert_array_equal(np.asarray(q, np.float32), [0.0, 96.0, -192.0, 448.0])
+
+
+def test_remat_cache_path_equals_carry_path():
+    """Reference: the same model without remat (cache in the layer scan's carry). With remat each layer's
+    cache slice goes through the scan as xs/ys instead (so the backward keeps one cache, not one per
+    layer); outputs, written cache and gradients must not change."""
+    import dataclasses
+    from flax import nnx
+    from shotstream_jax.kernels.attention import MaskSpec
+    from shotstream_jax.models.wan_dit import KVCache, WanDiT, WanDiTConfig
+
+    cfg = WanDiTConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=3, freq_dim=16, text_dim=16, text_len=8,
+                       in_channels=4, out_channels=4)
+    plain = WanDiT(cfg, rngs=nnx.Rngs(0))
+    remat = nnx.merge(nnx.graphdef(nnx.eval_shape(lambda: WanDiT(dataclasses.replace(cfg, remat=True),
+                                                                  rngs=nnx.Rngs(0)))), nnx.state(plain))
+    k0, k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 4)
+    x = jax.random.normal(k0, (1, 1, 4, 4, 4))
+    text = jax.random.normal(k1, (1, 8, 16))
+    buf = (3, 1, 12, 2, 16)  # layers, B, keys, heads, head dim: 8 earlier keys, this frame's 4 at 8
+    cache = KVCache(jax.random.normal(k2, buf), jax.random.normal(k3, buf), jnp.int32(8))
+    mask = MaskSpec(kv_len=jnp.array([12], jnp.int32))
+
+    def run(model):
+        def loss(state):
+            v, c = nnx.merge(nnx.graphdef(model), state)(x, jnp.array([500.0]), text, kv_cache=cache, mask=mask,
+                                                          frame_pos=jnp.array([2]))
+            return jnp.sum(v ** 2) + jnp.sum(c.k[:, :, 8:] ** 2), (v, c)
+        (_, (v, c)), g = jax.value_and_grad(loss, has_aux=True)(nnx.state(model))
+        return v, c, g
+
+    v0, c0, g0 = run(plain)
+    v1, c1, g1 = run(remat)
+    np.testing.assert_allclose(v1, v0, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(c1.k, c0.k, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(c1.v, c0.v, rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -66,6 +66,15 @@ def _parse_row(row: dict, base: str) -> Clip:
     return Clip(video=video, ranges=ranges, prompts=prompts)
 
 
+def write_manifest(path: str, rows) -> str:
+    """Write rows (shot count, caption JSON path, video path, [[start, end], ...]) as the CSV above; returns path."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["shot_num_from_caption", "json_path", "video_path", "frame_number"])
+        w.writerows([n, caps, video, json.dumps([list(r) for r in ranges])] for n, caps, video, ranges in rows)
+    return path
+
+
 def read_manifest(path: str, min_shots: int = 2) -> tuple[list[Clip], int]:
     """All usable clips of a manifest with at least `min_shots` shots, and how many rows were skipped."""
     if not os.path.isfile(path):

@@ -111,9 +111,9 @@ def bucket_frames(latent_frames: int, buckets) -> int:
 
 def pad_target(ex):
     """Pad `target` (and the ODE states) in time to MAX_LATENT_FRAMES so that examples stack;
-    `target_frames` keeps the true length. None (a broken example) passes through."""
-    if ex is None:
-        return None
+    `target_frames` keeps the true length. None (a broken example) and pixel clips (the vae stage) pass through."""
+    if ex is None or "target" not in ex:
+        return ex
     n = ex["target"].shape[0]
     if n > MAX_LATENT_FRAMES:
         raise ValueError(f"target of {n} latent frames is longer than {MAX_LATENT_FRAMES} (81 pixel frames)")
@@ -130,7 +130,9 @@ def pad_target(ex):
 
 
 def trim_batch(batch):
-    """Cut a stacked batch back to its shortest target: one bucket's length per batch."""
+    """Cut a stacked batch back to its shortest target: one bucket's length per batch (pixel clips: as is)."""
+    if "target_frames" not in batch:
+        return batch
     n = int(np.min(batch["target_frames"]))
     out = dict(batch, target=batch["target"][:, :n])
     if "ode" in batch:
@@ -235,10 +237,8 @@ class PreencodedSource:
             return {k: (z[k].astype(np.float32) if z[k].dtype == np.float16 else z[k]) for k in z.files}
 
 
-def source(cfg, workdir: str, min_shots: int = 2):
-    """The example source the config names; a generated toy dataset in `workdir` when it names none."""
-    if cfg.data.latents_dir:
-        return PreencodedSource(cfg.data.latents_dir)
+def manifest_path(cfg, workdir: str) -> str:
+    """The manifest the config names; a toy dataset generated in `workdir` when it names none."""
     path = cfg.data.manifest
     if not path:
         toy_dir = os.path.join(workdir, "toy_data")
@@ -246,7 +246,14 @@ def source(cfg, workdir: str, min_shots: int = 2):
         if not os.path.exists(path):
             log.info("no data configured: writing a toy dataset to %s", toy_dir)
             path = toy.make_toy_dataset(toy_dir, num_videos=cfg.data.toy_videos, seed=cfg.data.shuffle_seed)
-    clips, _ = manifest.read_manifest(path, min_shots=min_shots)
+    return path
+
+
+def source(cfg, workdir: str, min_shots: int = 2):
+    """The example source the config names; a generated toy dataset in `workdir` when it names none."""
+    if cfg.data.latents_dir:
+        return PreencodedSource(cfg.data.latents_dir)
+    clips, _ = manifest.read_manifest(manifest_path(cfg, workdir), min_shots=min_shots)
     return ClipSource(clips, cfg, *encoders(cfg))
 
 

@@ -26,7 +26,6 @@ data/manifest.py and data/pipeline.py read.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import os
@@ -34,6 +33,8 @@ import re
 import tempfile
 
 import numpy as np
+
+from shotstream_jax.data.manifest import write_manifest
 
 PALETTE = {
     "red": (220, 40, 40),
@@ -94,13 +95,36 @@ class Story:
                 **{f"shot{i + 1}": s.caption for i, s in enumerate(self.shots)}}
 
 
+def _pre_tokenizer():
+    from tokenizers import pre_tokenizers
+    return pre_tokenizers.Whitespace()   # words and runs of punctuation: "character.shot0:wide" -> 5 pieces
+
+
 def vocabulary() -> list[str]:
-    """Every word the world's prompts use (text.shot_prompt joins them with `shot{i}:`), sorted."""
-    words = set()
-    for text in (*GLOBAL_ONE, *GLOBAL_MANY, *FRAMINGS, *MOTIONS, SAME, *COLOURS, *SHAPES, "of a on background"):
-        words.update(text.lower().replace(".", " . ").replace(",", " , ").split())
-    words.update(f"shot{i}:" for i in range(MAX_SHOTS))
-    return sorted(words)
+    """Every token of the world's prompts (text.shot_prompt joins global caption, `shot{i}:` and caption)."""
+    pre = _pre_tokenizer()
+    texts = (*GLOBAL_ONE, *GLOBAL_MANY, *FRAMINGS, *MOTIONS, SAME, *COLOURS, *SHAPES, "of a on background",
+             *(f"shot{i}:" for i in range(MAX_SHOTS)))
+    return sorted({piece for t in texts for piece, _ in pre.pre_tokenize_str(t.lower())})
+
+
+def write_tokenizer(path: str) -> str:
+    """Write the world's word-level tokenizer as a `tokenizers` tokenizer.json (what text.Tokenizer loads).
+
+    Ids: <pad> 0, </s> 1 (appended to every prompt, as umT5's), <unk> 2, then the sorted vocabulary;
+    prompts are lower-cased. Returns `path`.
+    """
+    from tokenizers import Tokenizer, models, normalizers, processors
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    vocab.update({w: i + 3 for i, w in enumerate(vocabulary())})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = _pre_tokenizer()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tmp = path + ".tmp"
+    tok.save(tmp)
+    os.replace(tmp, path)
+    return path
 
 
 def parse_caption(caption: str) -> dict:
@@ -228,11 +252,13 @@ def write_video(path: str, frames: np.ndarray, fps: int = FPS) -> None:
 
 
 def write_dataset(out_dir: str, num_stories: int, seed: int = 0, shot_frames: int = SHOT_FRAMES,
-                  size: int = HEIGHT, fps: int = FPS, progress: bool = False) -> str:
+                  size: int = HEIGHT, fps: int = FPS, prefixes: bool = True, progress: bool = False) -> str:
     """Write stories 0..num_stories-1 of `seed` as mp4 + caption JSON + manifest.csv; returns the manifest path.
 
-    Also writes `stories.json` (all stories in the ours story-file format, one per entry, with the video name)
-    for generation and evaluation. Existing videos are kept, so an interrupted run continues.
+    `prefixes`: one manifest row per prefix of 2..n shots of each story (the training pipeline makes the
+    last shot of a row its target, so every later shot becomes a next-shot example); else one row per story.
+    Also writes `stories.json` (every story: video name, global caption, shot captions) for generation and
+    evaluation, and the world's `tokenizer.json`. Existing videos are kept, so an interrupted run continues.
     """
     os.makedirs(out_dir, exist_ok=True)
     rows, stories = [], []
@@ -245,26 +271,23 @@ def write_dataset(out_dir: str, num_stories: int, seed: int = 0, shot_frames: in
         with open(os.path.join(out_dir, name + ".json"), "w") as f:
             json.dump(story.captions, f, indent=1)
         ranges = [[k * shot_frames, (k + 1) * shot_frames] for k in range(len(story.shots))]
-        rows.append([len(story.shots), name + ".json", name + ".mp4", json.dumps(ranges)])
+        for n in range(MIN_SHOTS if prefixes else len(ranges), len(ranges) + 1):
+            rows.append([len(story.shots), name + ".json", name + ".mp4", ranges[:n]])
         stories.append(dict(video=name + ".mp4", global_caption=story.global_caption,
                             shots=[s.caption for s in story.shots]))
         if progress and ((i + 1) % 50 == 0 or i + 1 == num_stories):
             print(f"shapes: {i + 1}/{num_stories} stories in {out_dir}", flush=True)
     with open(os.path.join(out_dir, "stories.json"), "w") as f:
         json.dump(dict(seed=seed, shot_frames=shot_frames, fps=fps, stories=stories), f, indent=1)
-    manifest = os.path.join(out_dir, "manifest.csv")
-    with open(manifest, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["shot_num_from_caption", "json_path", "video_path", "frame_number"])
-        w.writerows(rows)
-    return manifest
+    write_tokenizer(os.path.join(out_dir, "tokenizer.json"))
+    return write_manifest(os.path.join(out_dir, "manifest.csv"), rows)
 
 
 def main(argv):
     del argv
     from absl import flags
     f = flags.FLAGS
-    path = write_dataset(f.out, f.num_stories, f.seed, f.shot_frames, f.size, f.fps, progress=True)
+    path = write_dataset(f.out, f.num_stories, f.seed, f.shot_frames, f.size, f.fps, f.prefixes, progress=True)
     print(path)
 
 
@@ -276,5 +299,6 @@ if __name__ == "__main__":
     flags.DEFINE_integer("shot_frames", SHOT_FRAMES, "Pixel frames per shot (1 + 4k for the Wan VAE).")
     flags.DEFINE_integer("size", HEIGHT, "Frame height and width in pixels.")
     flags.DEFINE_integer("fps", FPS, "Frames per second of the videos.")
+    flags.DEFINE_bool("prefixes", True, "One manifest row per 2..n-shot prefix of each story (training data).")
     flags.mark_flag_as_required("out")
     app.run(main)

@@ -11,13 +11,14 @@
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
 
 import imageio.v2 as imageio
 import numpy as np
+
+from shotstream_jax.data.manifest import write_manifest
 
 _COLORS = np.array([[220, 60, 60], [60, 200, 90], [70, 90, 230], [230, 200, 50], [180, 70, 200]], np.uint8)
 _WORDS = ["red", "green", "blue", "yellow", "purple"]
@@ -53,13 +54,8 @@ def make_toy_dataset(out_dir: str, num_videos: int = 4, height: int = 40, width:
         imageio.mimwrite(video, frames, fps=fps, codec="libx264", quality=9, macro_block_size=8)
         with open(os.path.join(out_dir, f"{v:04d}.json"), "w") as f:
             json.dump(captions, f)
-        rows.append([len(shot_frames), f"{v:04d}.json", f"{v:04d}.mp4", json.dumps(ranges)])
-    manifest = os.path.join(out_dir, "manifest.csv")
-    with open(manifest, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["shot_num_from_caption", "json_path", "video_path", "frame_number"])
-        w.writerows(rows)
-    return manifest
+        rows.append([len(shot_frames), f"{v:04d}.json", f"{v:04d}.mp4", ranges])
+    return write_manifest(os.path.join(out_dir, "manifest.csv"), rows)
 
 
 class ToyTextEncoder:

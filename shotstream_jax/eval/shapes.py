@@ -26,6 +26,10 @@ Shots are taken as equal parts of the video (the world and the generator
 both make equal-length shots).
 
     python -m shotstream_jax.eval.shapes --stories=DIR/stories.json --videos=DIR [--output=metrics.json]
+    python -m shotstream_jax.eval.shapes --stories=HELDOUT/stories.json --videos=OUT --model=MODEL_DIR
+
+With --model the stories are first generated into --videos (videos already
+there are kept), then scored.
 """
 from __future__ import annotations
 
@@ -221,10 +225,32 @@ def evaluate(stories_path: str, videos_dir: str, limit: int = 0) -> dict:
     return score(pairs())
 
 
+def generate_videos(pipe, stories_path: str, out_dir: str, seed: int = 0, limit: int = 0) -> None:
+    """Generate every story of a stories file with `pipe` (a ShotStream) into `out_dir`, skipping existing videos."""
+    from tqdm import tqdm
+    from shotstream_jax.video_io import VideoWriter
+    os.makedirs(out_dir, exist_ok=True)
+    for s in tqdm(load_stories(stories_path)[:limit or None], desc="generate", unit="story"):
+        path = os.path.join(out_dir, s["video"])
+        if os.path.exists(path):
+            continue
+        session = pipe.session(s["global_caption"], seed=seed)
+        with VideoWriter(path, fps=pipe.fps) as w:
+            for prompt in s["shots"]:
+                for frames in session.next_shot(prompt):
+                    w.write(frames)
+
+
 def main(argv):
     del argv
     from absl import flags
     f = flags.FLAGS
+    if f.model:
+        from shotstream_jax import ShotStream
+        pipe = ShotStream.load(None if f.model == "default" else f.model)
+        if f.no_shot_phase:   # ablation: the RoPE shot-discontinuity phase removed at inference
+            pipe.shot_theta = 0.0
+        generate_videos(pipe, f.stories, f.videos, f.seed, f.limit)
     metrics = evaluate(f.stories, f.videos, f.limit)
     for m in sorted(metrics):
         if not m.endswith("_n"):
@@ -241,6 +267,10 @@ if __name__ == "__main__":
     flags.DEFINE_string("stories", None, "stories.json of the Shapes world (python -m shotstream_jax.data.shapes).")
     flags.DEFINE_string("videos", None, "Folder with one video per story, named as the story's 'video' entry.")
     flags.DEFINE_integer("limit", 0, "Score only the first N stories (0: all).")
+    flags.DEFINE_string("model", "", "Generate the stories first with this model directory ('default': the "
+                        "bundled default model) into --videos.")
+    flags.DEFINE_integer("seed", 0, "Generation seed of every story (with --model).")
+    flags.DEFINE_bool("no_shot_phase", False, "Generate without the RoPE shot phase (ablation; with --model).")
     flags.DEFINE_string("output", "", "Also write the metrics as JSON here.")
     flags.mark_flags_as_required(["stories", "videos"])
     app.run(main)

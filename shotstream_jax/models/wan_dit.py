@@ -511,12 +511,25 @@ class WanDiT(nnx.Module):
             ys = (kv if return_kv else None, x if return_intermediates else None)
             return (x, cache), ys
 
+        def body_sliced(x, xs, body=body):
+            # Under remat a checkpointed body keeps its inputs for the backward pass: a cache in the
+            # carry would be kept once per layer, so here each layer's slice goes in and out as xs/ys.
+            layer_state, tkv, k, v = xs
+            (x, lc), ys = body((x, KVCache(k[None], v[None], kv_cache.start)), (layer_state, tkv, 0))
+            return x, (lc.k[0], lc.v[0], ys)
+
         if cfg.remat:
-            body = jax.checkpoint(body, policy=getattr(jax.checkpoint_policies, cfg.remat_policy))
-        # The cache rides in the carry so that every layer's write is in place.
-        (x, kv_cache), (kv, inter) = jax.lax.scan(
-            body, (x, kv_cache), (block_state, tuple(text_kv), jnp.arange(cfg.num_layers)),
-            unroll=cfg.scan_unroll)
+            policy = getattr(jax.checkpoint_policies, cfg.remat_policy)
+            body, body_sliced = jax.checkpoint(body, policy=policy), jax.checkpoint(body_sliced, policy=policy)
+        layers = (block_state, tuple(text_kv))
+        if cfg.remat and kv_cache is not None:
+            x, (k, v, (kv, inter)) = jax.lax.scan(body_sliced, x, (*layers, kv_cache.k, kv_cache.v),
+                                                  unroll=cfg.scan_unroll)
+            kv_cache = kv_cache._replace(k=k, v=v)
+        else:
+            # The cache rides in the carry so that every layer's write is in place (inference).
+            (x, kv_cache), (kv, inter) = jax.lax.scan(
+                body, (x, kv_cache), (*layers, jnp.arange(cfg.num_layers)), unroll=cfg.scan_unroll)
 
         out = self.unpatchify(self.head(x, e), grid)
         extras = [] if kv_cache is None else [kv_cache]
@@ -528,12 +541,15 @@ class WanDiT(nnx.Module):
 
 
 def for_inference(dit: WanDiT) -> WanDiT:
-    """The model with its parameters stored in the compute dtype on accelerators (bf16 weights: no pass
-    converts 5 GB of float32 weights again), unchanged on CPU, where float32 parameters stay."""
+    """The model for generation: parameters stored in the compute dtype on accelerators (bf16 weights:
+    no pass converts 5 GB of float32 weights again; float32 stays on CPU), and no remat."""
     cfg = dit.cfg
-    if jax.default_backend() == "cpu" or cfg.param_dtype == cfg.dtype:
+    # remat is for training; inference keeps the cache in the layer scan's carry (in place).
+    new = dataclasses.replace(cfg, remat=False,
+                              param_dtype=cfg.param_dtype if jax.default_backend() == "cpu" else cfg.dtype)
+    if new == cfg:
         return dit
-    cfg = dataclasses.replace(cfg, param_dtype=cfg.dtype)
+    cfg = new
     graphdef = nnx.split(nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0))))[0]
     state = jax.tree.map(lambda x: x.astype(cfg.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
                          nnx.state(dit))

@@ -193,7 +193,7 @@ def train(cfg, workdir, progress: bool = True, profile_steps: tuple[int, int] | 
     if cfg.stage not in stages.STAGES:
         raise ValueError(f"stage {cfg.stage!r} is not a training stage; use one of {sorted(stages.STAGES)} or ode_pairs")
     stage = stages.STAGES[cfg.stage](cfg, mesh)
-    src = _source(cfg, workdir, mesh)
+    src = stage.source(workdir) if cfg.stage == "vae" else _source(cfg, workdir, mesh)
     batch_size = _check_batch(cfg, mesh)
     it = iter(pipeline.dataset(src, batch_size, cfg.data.shuffle_seed, sharding.process_rows(mesh, batch_size)))
 
@@ -255,6 +255,9 @@ def export(cfg, stage, state, out_dir: str) -> None:
     host ever holds the whole network. config.json is written last, by
     process 0: a directory without it is an unfinished export.
     """
+    if isinstance(stage, stages.VaeStage):  # a full model directory around the trained VAE (one process)
+        stage.export(state, out_dir)
+        return
     params = jax.jit(lambda g, f: nnx.state(stage.gen.module(g, f), nnx.Param).to_pure_dict())(
         state["gen"], state["gen_frozen"])
     out_dir = checkpoint.as_path(out_dir)
@@ -263,7 +266,10 @@ def export(cfg, stage, state, out_dir: str) -> None:
         ckptr.save(out_dir / "dit", params)
         ckptr.wait_until_finished()
     if jax.process_index() == 0:
-        checkpoint.write_json(out_dir / "config.json", model_dir.dit_meta(stage.gen.dit_cfg, cfg))
+        meta = model_dir.dit_meta(stage.gen.dit_cfg, cfg)
+        if cfg.data.encoder_dir:  # with the encoders' VAE, umT5 and tokenizer: a directory that generates
+            meta.update(model_dir.copy_encoders(cfg.data.encoder_dir, out_dir))
+        checkpoint.write_json(out_dir / "config.json", meta)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("export_done")
     log.info("exported %s", out_dir)

@@ -27,7 +27,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from shotstream_jax import context as context_lib
-from shotstream_jax import checkpoint, schedule, sharding
+from shotstream_jax import checkpoint, model_dir, schedule, sharding
 from shotstream_jax.data import pipeline
 from shotstream_jax.models import student as student_lib
 from shotstream_jax.models import teacher as teacher_lib
@@ -631,3 +631,120 @@ def ode_trajectory(cfg, dit: WanDiT, ex, key: jax.Array, uncond: jax.Array) -> t
         layout, guidance=cfg.train.ode_guidance, num_steps=cfg.train.ode_steps, shift=cfg.shotstream.timestep_shift,
         shot_theta=context_lib.shot_theta(cfg.shotstream), save_steps=ode_save_steps(cfg))
     return inputs[:, 0], x0[0]
+
+
+# ------------------------------------------------------------------ VAE (reconstruction)
+
+
+class VideoClipSource:
+    """Pixel clips for the VAE stage: item i -> {"video": f32[clip_frames, H, W, 3] in [-1, 1]}.
+
+    Item i is a window of `train.clip_frames` frames inside one shot (never across a cut: the
+    decoder streams shot by shot) of manifest row i % rows, its shot and offset drawn from i.
+    """
+
+    def __init__(self, clips, cfg, repeats: int = 8):
+        self.clips, self.cfg, self.repeats = clips, cfg, repeats
+
+    def __len__(self):
+        return len(self.clips) * self.repeats
+
+    def __getitem__(self, i):
+        clip, n = self.clips[i % len(self.clips)], self.cfg.train.clip_frames
+        rng = np.random.default_rng([self.cfg.data.shuffle_seed, i])
+        start, end = clip.ranges[rng.integers(len(clip.ranges))]
+        if end - start < n:
+            return None
+        start += int(rng.integers(end - start - n + 1))
+        try:
+            frames = pipeline.read_video(clip.video, start + n)[start:]
+        except ValueError as e:
+            log.warning("skipping clip %s: %s", clip.video, e)
+            return None
+        return {"video": pipeline.resize(frames, self.cfg.video.height, self.cfg.video.width, self.cfg.data.resize)}
+
+
+class VaeStage(Stage):
+    """A Wan-architecture VAE trained from scratch to reconstruct the data (squared + absolute error).
+
+    The posterior mean is the latent (as generation uses it); a small penalty on it keeps its scale
+    bounded. The export is a full model directory, usable as `data.encoder_dir`: this VAE with latent
+    mean/std fitted on the data, the frozen random umT5-architecture text encoder and tokenizer of
+    the `text_encoder` section, and an untrained DiT of the `model` section.
+    """
+
+    def __init__(self, cfg, mesh):
+        from shotstream_jax.models.wan_vae import WanVAE, WanVAEConfig
+        self.cfg, self.mesh = cfg, mesh
+        self.vae_cfg = WanVAEConfig(**{k: tuple(v) if isinstance(v, (list, tuple)) else v
+                                       for k, v in cfg.vae.to_dict().items()})
+        self.make = lambda vae_cfg, seed: WanVAE(vae_cfg, rngs=nnx.Rngs(seed))
+        self.graphdef = nnx.graphdef(nnx.eval_shape(lambda: self.make(self.vae_cfg, 0)))
+        self.tx = optimizer(cfg, cfg.train.lr, cfg.train.clip_norm)
+        self.src = None
+
+    def source(self, workdir: str):
+        """Pixel clips of the manifest (a generated toy dataset in `workdir` when none is configured)."""
+        clips, _ = pipeline.manifest.read_manifest(pipeline.manifest_path(self.cfg, workdir), min_shots=1)
+        self.src = VideoClipSource(clips, self.cfg)
+        return self.src
+
+    def _init(self):
+        params = nnx.state(self.make(self.vae_cfg, self.cfg.train.seed)).to_pure_dict()
+        return {"step": jnp.zeros((), jnp.int32), "gen": params, "gen_frozen": {}, "gen_opt": self.tx.init(params)}
+
+    def abstract_state(self):
+        abstract = jax.eval_shape(self._init)
+        return abstract, jax.tree.map(lambda _: sharding.replicated(self.mesh), abstract)
+
+    def init_state(self):
+        _, sh = self.abstract_state()
+        return jax.jit(self._init, out_shardings=sh)(), sh
+
+    def loss(self, params, batch, key=None):
+        """(squared + absolute reconstruction error + latent penalty, {l1, psnr}) of a batch of clips."""
+        vae = nnx.merge(self.graphdef, params)
+        x = batch["video"]
+        z = vae.encode(x)
+        err = vae.decode(z) - x
+        l2, l1 = jnp.mean(err ** 2), jnp.mean(jnp.abs(err))
+        loss = l2 + l1 + self.cfg.train.latent_penalty * jnp.mean(z ** 2)
+        return loss, {"l1": l1, "psnr": 10 * jnp.log10(4.0 / l2)}
+
+    def step(self, state, consts, batch):
+        def loss_fn(params, ex, k):
+            loss, aux = self.loss(params, jax.tree.map(lambda a: a[None], ex), k)
+            return loss, aux, None
+
+        state, loss, aux, _ = self._apply(state, "gen", loss_fn, batch, _ones(batch))
+        return state, {"loss": loss, **aux}
+
+    def export(self, state, out_dir: str) -> None:
+        import dataclasses
+        from shotstream_jax.models.umt5 import UMT5Config, UMT5Encoder
+        cfg, te = self.cfg, self.cfg.text_encoder
+        params = jax.device_get(state["gen"])
+        vae = nnx.merge(self.graphdef, params)
+        encode = jax.jit(lambda p, x: nnx.merge(self.graphdef, p).encode(x))
+        z = np.concatenate([np.asarray(encode(params, self.src[i]["video"][None])).reshape(-1, self.vae_cfg.z_dim)
+                            for i in range(min(len(self.src), cfg.train.stats_batches))
+                            if self.src[i] is not None])
+        stats_cfg = dataclasses.replace(self.vae_cfg, latents_mean=tuple(map(float, z.mean(0))),
+                                        latents_std=tuple(map(float, z.std(0) + 1e-6)))
+        vae = nnx.merge(nnx.graphdef(nnx.eval_shape(lambda: self.make(stats_cfg, 0))), nnx.state(vae))
+        if te.tokenizer:
+            from tokenizers import Tokenizer as HFTokenizer
+            vocab = HFTokenizer.from_file(te.tokenizer).get_vocab_size()
+        else:
+            from shotstream_jax.text import ByteTokenizer
+            vocab = ByteTokenizer.vocab_size
+        d = cfg.model.text_dim
+        t5 = UMT5Encoder(UMT5Config(vocab_size=vocab, d_model=d, d_kv=d // te.num_heads, d_ff=te.d_ff,
+                                    num_heads=te.num_heads, num_layers=te.num_layers, num_buckets=te.num_buckets,
+                                    max_distance=te.max_distance), rngs=nnx.Rngs(te.seed))
+        dit = WanDiT(dit_config(cfg), rngs=nnx.Rngs(cfg.train.seed))
+        model_dir.save(out_dir, dit, vae=vae, text_model=t5, tokenizer=te.tokenizer or "bytes", config=cfg,
+                       overwrite=True)
+
+
+STAGES["vae"] = VaeStage

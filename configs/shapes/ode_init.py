@@ -1,0 +1,15 @@
+"""Shapes world, stage 'ode_init': the causal student regresses the teacher's ODE pairs.
+
+The recipe's lr 1e-6 fine-tunes a converged 1.3B model; this small one starts
+from a teacher trained for minutes, so it uses a larger step with momentum.
+"""
+from shotstream_jax.config import get_config as _get
+
+
+def get_config():
+    c = _get("shapes", "ode_init")
+    c.train.lr, c.train.b1 = 1e-4, 0.9
+    c.train.steps = 1000
+    c.train.batch_size = 4
+    c.train.checkpoint_every = 200
+    return c

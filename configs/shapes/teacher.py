@@ -1,0 +1,17 @@
+"""Shapes world, stage 'teacher': the next-shot teacher, trained from scratch.
+
+Departures from the recipe (which fine-tunes the self-attention of a pretrained
+Wan T2V model at lr 1e-5): there is no pretrained base here, so every parameter
+trains, at a learning rate for training from scratch, with Adam momentum.
+"""
+from shotstream_jax.config import get_config as _get
+
+
+def get_config():
+    c = _get("shapes", "teacher")
+    c.train.trainable = "all"
+    c.train.lr, c.train.b1, c.train.warmup_steps = 5e-4, 0.9, 100
+    c.train.steps = 3000
+    c.train.batch_size = 8
+    c.train.checkpoint_every = 250
+    return c
