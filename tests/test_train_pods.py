@@ -52,3 +52,17 @@ def test_coordinator_without_process_ids_is_an_error(monkeypatch):
         monkeypatch.delenv(k, raising=False)
     with pytest.raises(ValueError, match="JAX_NUM_PROCESSES and JAX_PROCESS_ID"):
         sharding.distributed_env()
+
+
+def test_hosts_cut_their_rows_to_the_global_shortest(monkeypatch):
+    """Reference: the rule written out: two hosts whose rows were cut to 6 and 3 latent frames both keep 3."""
+    from jax.experimental import multihost_utils
+    from shotstream_jax.train import loop
+
+    host = {"target": np.zeros((2, 6, 2, 2, 4), np.float32), "target_frames": np.array([6, 9], np.int32),
+            "ode": np.zeros((2, 5, 6, 2, 2, 4), np.float32), "text": np.zeros((2, 3, 8), np.float32)}
+    assert loop.same_length_on_every_host(host) is host  # one process: nothing to agree on
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(multihost_utils, "process_allgather", lambda x: np.stack([x, np.int32(3)]))
+    out = loop.same_length_on_every_host(host)
+    assert out["target"].shape[1] == 3 and out["ode"].shape[2] == 3 and out["text"].shape == (2, 3, 8)

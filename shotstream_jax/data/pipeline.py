@@ -129,11 +129,12 @@ def pad_target(ex):
     return out
 
 
-def trim_batch(batch):
-    """Cut a stacked batch back to its shortest target: one bucket's length per batch (pixel clips: as is)."""
+def trim_batch(batch, n: int | None = None):
+    """Cut a stacked batch back to its shortest target (or to `n` latent frames): one bucket's length
+    per batch (pixel clips: as is)."""
     if "target_frames" not in batch:
         return batch
-    n = int(np.min(batch["target_frames"]))
+    n = int(np.min(batch["target_frames"])) if n is None else n
     out = dict(batch, target=batch["target"][:, :n])
     if "ode" in batch:
         out["ode"] = batch["ode"][:, :, :n]

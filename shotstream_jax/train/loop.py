@@ -221,7 +221,7 @@ def train(cfg, workdir, progress: bool = True, profile_steps: tuple[int, int] | 
     for s in range(start, cfg.train.steps):
         if profile_steps and s == profile_steps[0]:
             jax.profiler.start_trace(str(workdir / "profile"))
-        batch = next(it)
+        batch = same_length_on_every_host(next(it))
         # The mesh is set while the step traces: shard_map'd kernels and activation constraints read it.
         with jax.set_mesh(mesh):
             if step_fn is None:
@@ -246,6 +246,15 @@ def train(cfg, workdir, progress: bool = True, profile_steps: tuple[int, int] | 
     if last == cfg.train.steps:
         export(cfg, stage, state, workdir / "export")
     return m
+
+
+def same_length_on_every_host(batch: dict) -> dict:
+    """Each host cut its rows of the global batch to their own shortest target; with several
+    processes, cut every host's rows to the shortest of the whole batch so the shards agree."""
+    if jax.process_count() == 1 or "target_frames" not in batch:
+        return batch
+    n = int(np.min(multihost_utils.process_allgather(np.int32(batch["target"].shape[1]))))
+    return pipeline.trim_batch(batch, n)
 
 
 def export(cfg, stage, state, out_dir: str) -> None:
