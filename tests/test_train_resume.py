@@ -9,6 +9,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from shotstream_jax import sharding
@@ -69,6 +70,8 @@ def _fixed_eval_loss(cfg, params, batch):
     return float(jnp.mean(jax.vmap(lambda k: jax.vmap(one, (0, None))(ex_all, k))(keys)))
 
 
+# The longest CPU test (about 100 s): CI runs it with the heavy tests to keep the default suite short.
+@pytest.mark.heavy
 def test_tiny_teacher_overfits_a_handful_of_clips(tmp_path):
     """Two clips, 150 steps: the loss at fixed (t, noise) falls well below that of the initial network."""
     cfg = small("teacher", steps=150, batch_size=2, lr=1e-2, b1=0.9, trainable="all", context_dropout=0.0,
