@@ -9,7 +9,8 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["shotstream_jax", "shotstream_jax.*"]),
     # The shipped default model directory (shotstream_jax/default_model.py), when present.
-    package_data={"shotstream_jax": ["assets/default_model/*", "assets/default_model/**/*"]},
+    package_data={"shotstream_jax": ["assets/default_model/*", "assets/default_model/**/*"],
+                  "shotstream_jax.studio": ["static/*"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.10",
@@ -36,7 +37,6 @@ setup(
         "websockets>=12",
         "pillow>=10",
     ],
-    package_data={"shotstream_jax.studio": ["static/*"]},
     extras_require={
         # PyTorch and the HF ports are references for tests and sources for
         # conversion only: the runtime path never imports them.
