@@ -209,8 +209,15 @@ def train(cfg, workdir, progress: bool = True, profile_steps: tuple[int, int] | 
     else:
         abstract, state_sh = stage.abstract_state()
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
-        restored = mngr.restore(latest, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), data=grain.checkpoint.CheckpointRestore(it)))
+        data_dir = workdir / "checkpoints" / str(latest) / "data"
+        mine = data_dir / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        # Checkpoints written before per-process iterator files hold one JSON iterator state.
+        legacy = jax.process_count() == 1 and not mine.exists() and (data_dir / "metadata").exists()
+        data_args = ocp.args.JsonRestore() if legacy else grain.checkpoint.CheckpointRestore(it)
+        restored = mngr.restore(latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                                data=data_args))
+        if legacy:
+            it.set_state(restored.data)
         state, start = restored.state, latest
         log.info("resumed %s from step %d", workdir, start)
     consts = stage.init_consts()
