@@ -61,12 +61,21 @@ if [ ! -d "$RUN/model" ]; then
 fi
 say "export: $RUN/model ($(du -sh "$RUN/model" | cut -f1))"
 
-for m in ode_init dmd_intra dmd_inter; do
-  say "scoring the student after $m on the held-out stories"
-  $PY -m shotstream_jax.eval.shapes --model="$RUN/$m/export" --stories="$RUN/heldout/stories.json" \
-    --videos="$RUN/eval/$m" --output="$RUN/eval/$m.json"
-done
+score() {  # score NAME MODEL_DIR [flags...]: generate the held-out stories with MODEL_DIR, then score them
+  local name=$1 model=$2; shift 2
+  $PY -m shotstream_jax.eval.shapes --model="$model" --stories="$RUN/heldout/stories.json" \
+    --videos="$RUN/eval/$name" --output="$RUN/eval/$name.json" "$@"
+}
+say "scoring the final student on the $HELDOUT held-out stories"
+score final "$RUN/model"
+# Ablations on the first ABLATION_STORIES held-out stories (all by default).
+A=(--limit="${ABLATION_STORIES:-0}")
+say "ablation: the final student without its global context cache (no memory of earlier shots)"
+score no_global_context "$RUN/model" --no_global_context "${A[@]}"
 say "ablation: the final student without the RoPE shot phase"
-$PY -m shotstream_jax.eval.shapes --model="$RUN/model" --no_shot_phase --stories="$RUN/heldout/stories.json" \
-  --videos="$RUN/eval/no_shot_phase" --output="$RUN/eval/no_shot_phase.json"
+score no_shot_phase "$RUN/model" --no_shot_phase "${A[@]}"
+for m in dmd_intra ode_init; do
+  say "ablation: the student after $m"
+  score "$m" "$RUN/$m/export" "${A[@]}"
+done
 say "done: model in $RUN/model, metrics in $RUN/eval/*.json"

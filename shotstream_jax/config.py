@@ -76,7 +76,7 @@ def get_config(size: str = "toy", stage: str = "teacher") -> ml_collections.Conf
     # Device mesh (sharding.py); dcn_data: how many slices the data axis spans (multislice).
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, context=1, tensor=1, dcn_data=1))
     c.train = ml_collections.ConfigDict(dict(
-        steps=10 if toy else 30000, batch_size=1, seed=0, lr=1e-5, warmup_steps=0,
+        steps=10 if toy else 30000, batch_size=1, seed=0, lr=1e-5, warmup_steps=0, lr_decay="none",  # or "cosine"
         log_every=1, checkpoint_every=5 if toy else 500, keep_checkpoints=3,
         grad_accum=1))  # micro-batches per step: batch_size is the global batch whatever the device count
     c.data = ml_collections.ConfigDict(dict(

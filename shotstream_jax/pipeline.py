@@ -106,6 +106,8 @@ class ShotStream:
         if self.first_shot_context not in ("masked", "zeros"):
             raise ValueError(f"shotstream.first_shot_context must be 'masked' or 'zeros', "
                              f"got {self.first_shot_context!r}")
+        # False: every shot starts as if it were the story's first (an ablation: no memory of earlier shots).
+        self.global_context = True
         self.timesteps = jnp.asarray(
             schedule.student_timesteps(tuple(ss.denoising_steps), ss.timestep_shift), jnp.float32)
         self._graphdef, self._state = nnx.split(self.dit)
@@ -169,21 +171,22 @@ class Session:
         """
         p = self.pipe
         nc = p.context_frames
-        if self._cache is None:
+        history = self.shots if p.global_context else []
+        if self._cache is None or not p.global_context:
             self._cache = student.init_cache(p.dit.cfg, 1, p.latent_hw, context_frames=nc,
                                              shot_frames=p.shot_latent_frames)
-        if self.shots:
-            picks = ctx_lib.sample_context([len(s.frames) for s in self.shots], nc)
-            latents = p.encode_context(jnp.stack([self.shots[s].frames[f] for s, f in picks]))
+        if history:
+            picks = ctx_lib.sample_context([len(s.frames) for s in history], nc)
+            latents = p.encode_context(jnp.stack([history[s].frames[f] for s, f in picks]))
             shots = [s for s, _ in picks]
-            embeddings = [self.shots[s].embedding for s in shots]
+            embeddings = [history[s].embedding for s in shots]
         elif p.first_shot_context == "zeros":  # the original: six all-zero latents in shot 0, attended to
             latents = jnp.zeros((1, nc, *p.latent_hw, p.dit.cfg.in_channels))
             shots, embeddings = [], [embedding] * nc
         else:  # first shot: empty global cache, left out of the key prefix
             empty = self._cache.replace(context_len=jnp.zeros((), jnp.int32), num_local=jnp.zeros((), jnp.int32))
             return empty, ctx_lib.shot_layout([], 0, p.shot_latent_frames, nc).target_shot
-        layout = ctx_lib.shot_layout(shots, len(self.shots), p.shot_latent_frames, nc)
+        layout = ctx_lib.shot_layout(shots, len(history), p.shot_latent_frames, nc)
         # Multi-caption: each context frame cross-attends to its own shot's prompt.
         text_kv = p.text_kv(jnp.stack(embeddings)[None])
         cache = student.fill_global_cache(

@@ -1,21 +1,22 @@
-"""The streaming pipeline on the default (toy) model: frame counts, streaming order, one compile
-per jitted function across five shots, causality across shots, and prompt errors.
+"""The streaming pipeline on the toy model (fixed random weights, 32x32, 81-frame shots of 7 chunks):
+frame counts, streaming order, one compile per jitted function across five shots, causality across
+shots, the global-context ablation, and prompt errors.
 
 References: the frame-count formula of the Wan VAE (1 + 4(n-1) for a shot's first chunk, 4n after),
 and the pipeline itself run on a shorter story (causality)."""
 import numpy as np
 import pytest
 
-from shotstream_jax import ShotStream, pipeline
+from shotstream_jax import ShotStream, default_model, pipeline
 from shotstream_jax.models import student
 
 
 @pytest.fixture(scope="module")
 def pipe():
-    return ShotStream.load()
+    return ShotStream(*default_model.build())
 
 
-def test_default_model_shapes(pipe):
+def test_toy_model_shapes(pipe):
     assert (pipe.height, pipe.width, pipe.fps, pipe.chunks_per_shot) == (32, 32, 16, 7)
 
 
@@ -73,6 +74,22 @@ def test_one_compile_for_five_shots_and_causality(pipe):
         np.testing.assert_array_equal(a, b)
 
 
+def test_global_context_off_forgets_earlier_shots(pipe):
+    """Reference: a second shot made after different first shots. With the global context cache it
+    depends on the first shot; with it off (the memory ablation) it cannot, so both stories agree."""
+    def second_shot(first_prompt):
+        session = pipe.session("A harbour.", seed=2)
+        list(session.next_shot(first_prompt))
+        return np.concatenate(list(session.next_shot("A gull lands.")))
+
+    assert not np.array_equal(second_shot("Boats rock gently."), second_shot("A storm breaks."))
+    pipe.global_context = False
+    try:
+        np.testing.assert_array_equal(second_shot("Boats rock gently."), second_shot("A storm breaks."))
+    finally:
+        pipe.global_context = True
+
+
 def test_prompt_errors(pipe):
     with pytest.raises(ValueError, match="global caption is empty"):
         pipe.session("   ")
@@ -94,7 +111,7 @@ def test_first_shot_matches_full_sequence_reference(mode):
     from shotstream_jax import context
     from shotstream_jax.text import shot_prompt
     from tests.test_student import reference_shot
-    pipe = ShotStream.load()
+    pipe = ShotStream(*default_model.build())
     if mode == "masked":
         config = pipe.config.copy_and_resolve_references()
         config.shotstream.first_shot_context = "masked"

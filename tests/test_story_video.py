@@ -64,3 +64,9 @@ def test_unwritable_destination(tmp_path):
     with pytest.raises(OSError, match="is a directory"):
         with VideoWriter(str(tmp_path)):
             pass
+def test_ffmpeg_is_started_without_preexec_fn():
+    """Reference: imageio-ffmpeg's own Popen arguments (its documented IMAGEIO_FFMPEG_NO_PREVENT_SIGINT
+    switch): no Python code may run between fork and exec in our multithreaded processes."""
+    import shotstream_jax  # noqa: F401
+    from imageio_ffmpeg import _utils
+    assert _utils._popen_kwargs(prevent_sigint=True)["preexec_fn"] is None

@@ -1,7 +1,7 @@
 """Studio API against fresh `ShotStream` sessions as the reference: every endpoint and error, exact branching,
 cut, several stories on one worker, and the memory a rewound or deleted story gives back.
 
-The studio runs the real default model; `SteppedPipe` wraps it so a test can hold the worker between chunks
+The studio runs the toy model (fixed random weights); `SteppedPipe` wraps it so a test can hold the worker between chunks
 (to cut a shot at a known chunk, or to see the queue while a shot is in progress).
 """
 import contextlib
@@ -20,7 +20,7 @@ from PIL import Image
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from shotstream_jax import ShotStream
+from shotstream_jax import ShotStream, default_model
 from shotstream_jax.studio import create_app
 from shotstream_jax.video_io import read_video
 
@@ -84,7 +84,7 @@ class SteppedSession:
 
 @pytest.fixture(scope="module")
 def pipe():
-    return ShotStream.load()
+    return ShotStream(*default_model.build())  # the toy model: 81-frame shots of 7 chunks
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """Resume and overfitting of the teacher stage (reference: an uninterrupted run; the loss at the start)."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -85,3 +86,24 @@ def test_tiny_teacher_overfits_a_handful_of_clips(tmp_path):
     before = _fixed_eval_loss(cfg, stages.dit_params(cfg, mesh, "", cfg.train.seed), batch)
     after = _fixed_eval_loss(cfg, stages.dit_params(cfg, mesh, str(tmp_path / "export"), 0), batch)
     assert after < 0.3 * before, (before, after)
+
+
+@pytest.mark.heavy
+def test_resumes_a_checkpoint_with_one_json_iterator_state(tmp_path):
+    """Checkpoints written before per-process iterator files keep the data position as one JSON item
+    (orbax's JsonSave: data/metadata). Reference: the same checkpoint in today's format, resumed the
+    same way. The resumed run must give the same losses and save its own checkpoints afterwards."""
+    cfg = small("teacher", steps=4, batch_size=2, checkpoint_every=2)
+    loop.train(cfg, str(tmp_path / "full"), progress=False)
+    for name in ("now", "old"):
+        shutil.copytree(tmp_path / "full", tmp_path / name)
+        shutil.rmtree(tmp_path / name / "checkpoints" / "4")
+    data = tmp_path / "old" / "checkpoints" / "2" / "data"
+    (mine,) = data.glob("process_*.json")
+    (data / "metadata").write_text(mine.read_text())
+    mine.unlink()
+    for name in ("now", "old"):
+        loop.train(small("teacher", steps=4, batch_size=2, checkpoint_every=2), str(tmp_path / name), progress=False)
+    assert (tmp_path / "old" / "checkpoints" / "4" / "data" / "process_0-of-1.json").exists()
+    a, b = losses(tmp_path / "now"), losses(tmp_path / "old")
+    np.testing.assert_allclose([b[k] for k in range(1, 5)], [a[k] for k in range(1, 5)], rtol=1e-5)

@@ -3,9 +3,10 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from shotstream_jax.config import get_config
-from shotstream_jax.train import loop
+from shotstream_jax.train import loop, stages
 from tests.conftest import run_python
 
 
@@ -61,3 +62,25 @@ def test_dmd_intra_alternates_generator_and_critic(tmp_path):
     assert np.isfinite(lines[0]["generator_loss"]) and np.isfinite(lines[1]["critic_loss"])
     assert m["step"] == 2
 
+
+
+def test_lr_schedules_follow_their_formulas():
+    """Reference: the schedules written out: linear warmup then constant; warmup then a cosine from
+    lr down to lr/10 at train.steps (and held there)."""
+    cfg = get_config("toy", "teacher")
+    cfg.train.update(warmup_steps=10, steps=110)
+    lr = 1e-3
+    warm = stages.lr_schedule(cfg, lr)
+    for s in (0, 5, 10, 50, 500):
+        assert float(warm(s)) == pytest.approx(lr * min(s, 10) / 10)
+    cfg.train.lr_decay = "cosine"
+    cos = stages.lr_schedule(cfg, lr)
+    for s in (0, 5, 10, 35, 60, 110, 300):
+        p = min(max(s - 10, 0), 100) / 100
+        want = lr * s / 10 if s < 10 else 0.1 * lr + 0.5 * 0.9 * lr * (1 + np.cos(np.pi * p))
+        assert float(cos(s)) == pytest.approx(want, rel=1e-5)
+    cfg.train.update(warmup_steps=0, lr_decay="none")
+    assert stages.lr_schedule(cfg, lr) == lr
+    cfg.train.lr_decay = "linear"
+    with pytest.raises(ValueError, match="lr_decay must be 'none' or 'cosine'"):
+        stages.lr_schedule(cfg, lr)

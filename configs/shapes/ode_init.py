@@ -9,6 +9,7 @@ from shotstream_jax.config import get_config as _get
 def get_config():
     c = _get("shapes", "ode_init")
     c.train.lr, c.train.b1 = 1e-4, 0.9
+    c.train.lr_decay = "cosine"  # a short run from scratch: anneal to lr/10 by the last step
     c.train.steps = 1000
     c.train.batch_size = 4
     c.train.checkpoint_every = 200

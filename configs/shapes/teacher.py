@@ -11,6 +11,7 @@ def get_config():
     c = _get("shapes", "teacher")
     c.train.trainable = "all"
     c.train.lr, c.train.b1, c.train.warmup_steps = 5e-4, 0.9, 100
+    c.train.lr_decay = "cosine"  # a short run from scratch: anneal to lr/10 by the last step
     c.train.steps = 3000
     c.train.batch_size = 8
     c.train.checkpoint_every = 250

@@ -26,8 +26,10 @@ training reads it back directly.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
+import threading
 from typing import Callable
 
 import grain
@@ -42,6 +44,7 @@ from shotstream_jax import context
 from shotstream_jax.data import manifest, toy
 
 log = logging.getLogger(__name__)
+_NPY_HEADER_LOCK = threading.Lock()
 
 Example = dict[str, np.ndarray]
 
@@ -234,7 +237,11 @@ class PreencodedSource:
         return len(self.files)
 
     def __getitem__(self, i):
-        with self.files[i].open("rb") as f, np.load(f) as z:
+        with self.files[i].open("rb") as f:
+            data = io.BytesIO(f.read())
+        # np.load parses each array's header with ast.literal_eval, which is not thread-safe on
+        # CPython 3.11 ("AST constructor recursion depth mismatch" under grain's reader threads).
+        with _NPY_HEADER_LOCK, np.load(data) as z:
             return {k: (z[k].astype(np.float32) if z[k].dtype == np.float16 else z[k]) for k in z.files}
 
 

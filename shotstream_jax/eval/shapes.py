@@ -250,6 +250,8 @@ def main(argv):
         pipe = ShotStream.load(None if f.model == "default" else f.model)
         if f.no_shot_phase:   # ablation: the RoPE shot-discontinuity phase removed at inference
             pipe.shot_theta = 0.0
+        if f.no_global_context:  # ablation: every shot starts with the first shot's empty history
+            pipe.global_context = False
         generate_videos(pipe, f.stories, f.videos, f.seed, f.limit)
     metrics = evaluate(f.stories, f.videos, f.limit)
     for m in sorted(metrics):
@@ -271,6 +273,8 @@ if __name__ == "__main__":
                         "bundled default model) into --videos.")
     flags.DEFINE_integer("seed", 0, "Generation seed of every story (with --model).")
     flags.DEFINE_bool("no_shot_phase", False, "Generate without the RoPE shot phase (ablation; with --model).")
+    flags.DEFINE_bool("no_global_context", False, "Generate every shot without the global context cache of "
+                      "earlier shots (memory ablation; with --model).")
     flags.DEFINE_string("output", "", "Also write the metrics as JSON here.")
     flags.mark_flags_as_required(["stories", "videos"])
     app.run(main)

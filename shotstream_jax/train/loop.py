@@ -197,11 +197,14 @@ def train(cfg, workdir, progress: bool = True, profile_steps: tuple[int, int] | 
     batch_size = _check_batch(cfg, mesh)
     it = iter(pipeline.dataset(src, batch_size, cfg.data.shuffle_seed, sharding.process_rows(mesh, batch_size)))
 
-    mngr = ocp.CheckpointManager(
-        workdir / "checkpoints",
-        options=ocp.CheckpointManagerOptions(max_to_keep=cfg.train.keep_checkpoints,
-                                             save_interval_steps=cfg.train.checkpoint_every,
-                                             enable_async_checkpointing=True))
+    def manager():
+        return ocp.CheckpointManager(
+            workdir / "checkpoints",
+            options=ocp.CheckpointManagerOptions(max_to_keep=cfg.train.keep_checkpoints,
+                                                 save_interval_steps=cfg.train.checkpoint_every,
+                                                 enable_async_checkpointing=True))
+
+    mngr = manager()
     latest = mngr.latest_step()
     if latest is None:
         state, state_sh = stage.init_state()
@@ -218,6 +221,9 @@ def train(cfg, workdir, progress: bool = True, profile_steps: tuple[int, int] | 
                                                                 data=data_args))
         if legacy:
             it.set_state(restored.data)
+            # The manager binds "data" to the handler it restored with; later saves need grain's.
+            mngr.close()
+            mngr = manager()
         state, start = restored.state, latest
         log.info("resumed %s from step %d", workdir, start)
     consts = stage.init_consts()

@@ -109,9 +109,21 @@ def dit_params(cfg, mesh, path: str, seed: int) -> dict:
             raise ValueError(f"{path}: parameters do not match the config's model section ({e})") from e
 
 
+def lr_schedule(cfg, lr: float):
+    """Linear warmup over train.warmup_steps, then constant, or (train.lr_decay="cosine") a cosine
+    down to a tenth of `lr` at train.steps."""
+    t = cfg.train
+    if t.lr_decay == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, lr, t.warmup_steps, max(t.steps, t.warmup_steps + 1),
+                                                  end_value=0.1 * lr)
+    if t.lr_decay != "none":
+        raise ValueError(f"train.lr_decay must be 'none' or 'cosine', got {t.lr_decay!r}")
+    return optax.linear_schedule(0.0, lr, t.warmup_steps) if t.warmup_steps else lr
+
+
 def optimizer(cfg, lr: float, clip: float) -> optax.GradientTransformation:
     t = cfg.train
-    lr_sched = optax.linear_schedule(0.0, lr, t.warmup_steps) if t.warmup_steps else lr
+    lr_sched = lr_schedule(cfg, lr)
     return optax.chain(optax.clip_by_global_norm(clip),
                        optax.adamw(lr_sched, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay))
 
