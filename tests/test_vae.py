@@ -9,9 +9,10 @@ import pytest
 import torch
 from flax import nnx
 
-from shotstream_jax import convert
+from shotstream_jax import convert, default_model
 from shotstream_jax.convert import CheckpointError
-from shotstream_jax.models.wan_vae import WanVAEConfig, _decode_step, decode_step
+from shotstream_jax.models.wan_vae import DecodeCache, WanVAE, WanVAEConfig, _decode_step, decode_step
+from tests import hlo
 from tests.torch_refs import TINY_VAE as TINY
 from tests.torch_refs import tiny_wan_vae
 
@@ -166,6 +167,22 @@ def test_streaming_decode_equals_whole(vae, chunk):
     # one compile for the first chunk, one per later chunk shape (3, 3, 1 -> two)
     assert _decode_step._cache_size() - compiled <= (2 if chunk == 1 else 3)
     np.testing.assert_allclose(np.concatenate(parts, axis=1), whole, atol=1e-5)
+
+
+def test_chunk_decode_lowered_has_no_cache_concatenate():
+    """Reference: the operand types of the StableHLO concatenates of the bf16 per-chunk decode (3 latent
+    frames, as the pipeline streams them), first and later chunk: no conv cache is copied into a
+    [cache, input] buffer (before this change: one such concatenate per temporal conv)."""
+    vae = nnx.eval_shape(lambda: WanVAE(dataclasses.replace(default_model.VAE, dtype="bfloat16"), rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(vae)
+    z = jax.ShapeDtypeStruct((1, 3, 2, 3, 16), jnp.float32)
+    feats = jax.eval_shape(lambda: vae.init_decode_cache(1, 2, 3)).feats
+    cache_types = {hlo.tensor_type(c) for c in jax.tree.leaves(feats)}
+    assert all(t.endswith("xbf16") for t in cache_types)
+    for started in (False, True):
+        lowered = _decode_step.trace(graphdef, state, z, DecodeCache(feats, started)).lower()
+        assert not cache_types & set(hlo.operands(lowered.as_text(), "concatenate"))
+        assert {hlo.tensor_type(c) for c in jax.tree.leaves(lowered.out_info[1])} == cache_types
 
 
 def test_normalize_roundtrip():
