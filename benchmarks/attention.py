@@ -1,4 +1,4 @@
-"""Attention kernels at the student's shapes: pallas vs cudnn vs xla on GPU.
+"""Attention kernels at the student's shapes: pallas vs cudnn vs xla on GPU, tpu_splash vs xla on TPU.
 
 B=1, H=12, D=128, bf16; Lq=4680 (one 3-frame chunk at 832x480) against
 Lk = 4680 (the chunk alone), 9360 (6 frames, the size of the global cache),
@@ -10,9 +10,15 @@ the prefix shows as a higher rate).
 One line per (shape, impl, pass) with milliseconds and TFLOP/s, then the
 pallas/cudnn time ratio. FLOPs: 4*B*H*Lq*Lk*D forward; forward+backward
 counts 3.5x that (the backward's five matmuls against the forward's two).
+Last, the table that decides `impl="auto"` (kernels/attention.py
+`_auto_impl`): per shape and pass the fastest kernel measured, against what
+`auto` picks now ("differs" where the rule should change), for
+benchmarks/RESULTS.md.
 
-Usage: python benchmarks/attention.py [--iters N]
-Exits 0 with a message when JAX has no GPU backend.
+Usage: python benchmarks/attention.py [--iters N] [--scale S]
+Without a GPU or TPU it exits 0 with a message, unless --scale > 1: token
+counts divided by S (a quick check of the script on any backend, xla only
+on CPU).
 """
 import argparse
 import pathlib
@@ -24,13 +30,14 @@ import jax.numpy as jnp
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # a checkout needs no install
 from shotstream_jax.kernels import MaskSpec, attention  # noqa: E402
+from shotstream_jax.kernels.attention import _auto_impl  # noqa: E402
 
 B, H, D, LQ = 1, 12, 128, 4680
 FRAME = 1560  # tokens per latent frame at 832x480
 # (name, Lk, written key frames of the buffer, None: all)
 SHAPES = (("chunk", 4680, None), ("global", 9360, None), ("cache", 42120, None),
           ("cache/2", 42120, 18), ("cross", 512, None))
-IMPLS = ("pallas", "cudnn", "xla")
+IMPLS = {"gpu": ("pallas", "cudnn", "xla"), "tpu": ("tpu_splash", "xla"), "cpu": ("xla",)}
 PASSES = {"fwd": 1.0, "fwd+bwd": 3.5}
 
 
@@ -55,25 +62,29 @@ def _time_ms(f, args, iters: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--scale", type=int, default=1, help="divide the token counts by this (a quick check)")
     args = parser.parse_args()
     backend = jax.default_backend()
-    if backend != "gpu":
-        print(f"benchmarks/attention.py: no GPU backend (JAX default backend is "
-              f"{backend!r}); nothing measured.")
+    if backend not in ("gpu", "tpu") and args.scale == 1:
+        print(f"benchmarks/attention.py: no GPU or TPU backend (JAX default backend is "
+              f"{backend!r}); nothing measured (--scale=S runs shapes S times smaller here).")
         return 0
+    lq, frame = LQ // args.scale, FRAME // args.scale
     print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, "
-          f"B={B} H={H} D={D} bf16, Lq={LQ}")
+          f"B={B} H={H} D={D} bf16, Lq={lq}")
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    rows = []  # (shape, Lk, pass, {impl: ms}, auto's pick)
     for shape_name, lk, written in SHAPES:
-        mask = None if written is None else MaskSpec(kv_len=jnp.full((B,), written * FRAME, jnp.int32))
-        q = jax.random.normal(keys[0], (B, LQ, H, D), jnp.bfloat16)
+        lk = lk // args.scale if shape_name != "cross" else lk
+        mask = None if written is None else MaskSpec(kv_len=jnp.full((B,), written * frame, jnp.int32))
+        q = jax.random.normal(keys[0], (B, lq, H, D), jnp.bfloat16)
         k = jax.random.normal(keys[1], (B, lk, H, D), jnp.bfloat16)
         v = jax.random.normal(keys[2], (B, lk, H, D), jnp.bfloat16)
-        fwd_flops = 4 * B * H * LQ * lk * D
+        fwd_flops = 4 * B * H * lq * lk * D
         for pass_name, factor in PASSES.items():
             ms = {}
-            for impl in IMPLS:
-                label = f"{shape_name:7s} Lk={lk:5d} {pass_name:7s} {impl:6s}"
+            for impl in IMPLS.get(backend, ("xla",)):
+                label = f"{shape_name:7s} Lk={lk:5d} {pass_name:7s} {impl:10s}"
                 try:
                     ms[impl] = _time_ms(_fn(impl, pass_name, mask), (q, k, v), args.iters)
                 except Exception as e:  # one failing impl (e.g. OOM) must not hide the others
@@ -84,6 +95,17 @@ def main() -> int:
             if "pallas" in ms and "cudnn" in ms:
                 print(f"{shape_name:7s} Lk={lk:5d} {pass_name:7s} pallas/cudnn time: "
                       f"{ms['pallas'] / ms['cudnn']:.2f}x")
+            rows.append((shape_name, lk, pass_name, ms, _auto_impl(q, k, mask)))
+    print(f"\n`auto` on {jax.devices()[0].device_kind} ({backend}), ms:")
+    print("| shape | Lk | pass | fastest | auto picks | auto / fastest |")
+    print("|---|---|---|---|---|---|")
+    for shape_name, lk, pass_name, ms, auto in rows:
+        if not ms:
+            continue
+        best = min(ms, key=ms.get)
+        ratio = f"{ms[auto] / ms[best]:.2f}x" if auto in ms else "not measured"
+        flag = "" if auto == best else " (differs)"
+        print(f"| {shape_name} | {lk} | {pass_name} | {best} {ms[best]:.3f} | {auto}{flag} | {ratio} |")
     return 0
 
 

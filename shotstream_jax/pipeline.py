@@ -39,7 +39,7 @@ from flax import nnx
 from shotstream_jax import context as ctx_lib
 from shotstream_jax import schedule
 from shotstream_jax.models import student
-from shotstream_jax.models import wan_dit
+from shotstream_jax.models.inference import for_inference
 from shotstream_jax.models.wan_dit import TextKV, WanDiT
 from shotstream_jax.models.wan_vae import DecodeCache, WanVAE
 from shotstream_jax.story import check_prompt
@@ -83,9 +83,11 @@ class ShotStream:
 
     def __init__(self, config: ml_collections.ConfigDict, dit: WanDiT, vae: WanVAE, text_encoder: TextEncoder):
         self.config = config
-        self.dit = wan_dit.for_inference(dit)  # bf16 parameters on accelerators
-        self.vae = vae
-        self.text_encoder = text_encoder
+        # On accelerators all three compute in the DiT's dtype with parameters stored in it (bf16).
+        self.dit = for_inference(dit, remat=False)
+        self.vae = vae = for_inference(vae, dit.cfg.dtype)
+        self.text_encoder = TextEncoder(for_inference(text_encoder.model, dit.cfg.dtype), text_encoder.tokenizer,
+                                        text_encoder.text_len, text_encoder.cache_size)
         ss = config.shotstream
         self.height, self.width = config.video.height, config.video.width
         self.fps = config.video.fps

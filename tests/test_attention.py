@@ -172,6 +172,23 @@ def test_pallas_visits_no_key_tile_past_the_prefix(monkeypatch):
     assert count.tolist() == [[3, 3], [7, 7]]
 
 
+def test_splash_visits_no_key_tile_past_the_prefix():
+    # Reference: the dense-mask einsum path on clean K/V. NaN in every key tile (128 keys) past
+    # each example's prefix would reach the output through 0 * NaN if splash computed that tile.
+    q, k, v = _qkv(2, 40, 384, 2, 32)
+    kv_len = np.array([100, 200])
+    mask = MaskSpec(kv_len=jnp.asarray(kv_len, jnp.int32))
+    live = -(-kv_len // 128)  # [1, 2] of 3 tiles
+    past = (np.arange(384)[None, :] >= live[:, None] * 128)[:, :, None, None]
+    k_nan, v_nan = (jnp.where(past, jnp.nan, x) for x in (k, v))
+    out = jax.jit(lambda q, k, v: splash_tpu.splash_attention(q, k, v, mask, interpret=True))(q, k_nan, v_nan)
+    np.testing.assert_allclose(out, _xla(q, k, v, mask), atol=1e-5, rtol=1e-5)
+    kernel = splash_tpu.make_kernel(mask, 128, 384, interpret=True)
+    for n, length in zip(live, kv_len):
+        info = splash_tpu.bounded(kernel, jnp.int32(length)).fwd_mask_info
+        assert np.asarray(info.block_mask).tolist() == [[[2] * n + [0] * (3 - n)]]
+
+
 def test_pallas_query_without_keys_gives_zeros():
     # Reference: the contract in flash_gpu's docstring (XLA would give NaN).
     # Batch 0 has no valid key, so no live tile; in batch 1, queries 0-9 sit

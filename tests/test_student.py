@@ -8,6 +8,7 @@ from flax import nnx
 from shotstream_jax import context, schedule
 from shotstream_jax.models import student
 from shotstream_jax.models.wan_dit import TextKV, WanDiT, WanDiTConfig
+from tests import hlo
 
 THETA = 1 / 6
 SHOT = 9  # latent frames per shot in these tests: 3 chunks
@@ -165,7 +166,6 @@ def test_rollout_matches_chunk_functions_and_has_gradient(setup):
 def test_chunk_step_lowered_for_cuda_has_no_cache_copy_or_dense_mask(monkeypatch):
     # Reference: the shapes of the StableHLO ops of the chunk step (a commit pass and 4
     # denoising passes) lowered for CUDA with the Pallas kernel, which needs no GPU.
-    import re
     cfg = WanDiTConfig.from_size("tiny", text_dim=32, freq_dim=32, text_len=16, dtype="bfloat16",
                                  attention_impl="pallas")
     graphdef, state = nnx.split(nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0))))
@@ -179,12 +179,7 @@ def test_chunk_step_lowered_for_cuda_has_no_cache_copy_or_dense_mask(monkeypatch
                                     jnp.asarray(TS)).lower(lowering_platforms=("cuda",)).as_text()
     assert "__gpu$xla.gpu.triton" in text  # the Pallas kernel
     # The layers' K/V go into the buffer in place (before this change: a 480-key concatenate per pass).
-    assert set(re.findall(r"stablehlo\.dynamic_update_slice.*-> tensor<([^>]*)>", text)) == {"2x1x432x2x32xbf16"}
-
-    def elements(shape):
-        return int(np.prod([int(d) for d in shape.split("x")[:-1]] or [1]))
-
-    concats = re.findall(r"stablehlo\.concatenate.*-> tensor<([^>]*)>", text)
-    assert concats and max(elements(s) for s in concats) < lk * cfg.num_heads * cfg.head_dim
-    bools = [elements(s) for s in re.findall(r"tensor<([0-9x]*xi1)>", text)]
-    assert max(bools) < lq * lk
+    assert set(hlo.results(text, "dynamic_update_slice")) == {"2x1x432x2x32xbf16"}
+    concats = hlo.results(text, "concatenate")
+    assert concats and max(hlo.elements(s) for s in concats) < lk * cfg.num_heads * cfg.head_dim
+    assert max(hlo.elements(s) for s in hlo.types(text, "i1")) < lq * lk

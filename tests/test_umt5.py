@@ -94,11 +94,21 @@ def test_buckets_match_transformers(ref):
     np.testing.assert_array_equal(relative_position_bucket(jnp.asarray(rel), 32, 128), want)
 
 
-def test_bfloat16_close_to_float32(ref, tmp_path):
-    """Reference: our float32 encoder from the same checkpoint."""
+def test_bfloat16_close_to_float32(ref, tmp_path, monkeypatch):
+    """Reference: our float32 encoder from the same checkpoint; the bf16 one is what generation
+    runs on accelerators (`for_inference`: bf16 parameters and matmuls)."""
+    import jax
+    from flax import nnx
+
+    from shotstream_jax.models.inference import for_inference
     ref.save_pretrained(tmp_path)
     f32 = convert.load_umt5(str(tmp_path))
-    bf16 = convert.load_umt5(str(tmp_path), dtype="bfloat16", param_dtype="bfloat16")
+    assert for_inference(f32, "bfloat16") is f32  # on CPU: float32, as configured
+    with monkeypatch.context() as m:
+        m.setattr(jax, "default_backend", lambda: "gpu")
+        bf16 = for_inference(f32, "bfloat16")
+    assert (bf16.cfg.dtype, bf16.cfg.param_dtype) == ("bfloat16", "bfloat16")
+    assert {p.dtype for p in jax.tree.leaves(nnx.state(bf16, nnx.Param))} == {jnp.dtype(jnp.bfloat16)}
     ids, mask = _batch()
     a = np.asarray(f32(jnp.asarray(ids), jnp.asarray(mask)))
     b = np.asarray(bf16(jnp.asarray(ids), jnp.asarray(mask)), np.float32)

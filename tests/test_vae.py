@@ -9,9 +9,11 @@ import pytest
 import torch
 from flax import nnx
 
-from shotstream_jax import convert
+from shotstream_jax import convert, default_model
 from shotstream_jax.convert import CheckpointError
-from shotstream_jax.models.wan_vae import WanVAEConfig, _decode_step, decode_step
+from shotstream_jax.models.inference import for_inference
+from shotstream_jax.models.wan_vae import DecodeCache, WanVAE, WanVAEConfig, _decode_step, decode_step
+from tests import hlo
 from tests.torch_refs import TINY_VAE as TINY
 from tests.torch_refs import tiny_wan_vae
 
@@ -115,11 +117,18 @@ def test_decode_matches_diffusers(vae, ref, t):
     _close(got, want)
 
 
-def _bf16_copy(vae):
-    """The same weights (float32) under a bfloat16 compute config: bf16 convs, activations and caches."""
-    graphdef = nnx.split(nnx.eval_shape(lambda: type(vae)(dataclasses.replace(vae.cfg, dtype="bfloat16"),
-                                                          rngs=nnx.Rngs(0))))[0]
-    return nnx.merge(graphdef, nnx.state(vae))
+def _bf16_copy(vae, monkeypatch):
+    """The model generation runs on accelerators: bf16 parameters, convs, activations and caches."""
+    assert for_inference(vae, "bfloat16") is vae  # on CPU: float32, as configured
+    with monkeypatch.context() as m:
+        m.setattr(jax, "default_backend", lambda: "gpu")
+        vae16 = for_inference(vae, "bfloat16")
+    assert vae16.cfg.dtype == "bfloat16"
+    params = jax.tree.leaves(nnx.state(vae16, nnx.Param))
+    assert {p.dtype for p in params if p.ndim > 1} == {jnp.dtype(jnp.bfloat16)}  # conv and linear weights
+    # norm scales and conv biases enter float32 arithmetic: kept float32
+    assert vae16.decoder.norm_out.gamma.dtype == vae16.decoder.conv_out.bias.dtype == jnp.float32
+    return vae16
 
 
 # bf16 tolerance (8-bit mantissa through ~20 conv layers), relative to the output's max magnitude:
@@ -133,9 +142,9 @@ def _close_bf16(ours, theirs):
     assert err.mean() < BF16_MEAN and err.max() < BF16_MAX, (err.mean(), err.max())
 
 
-def test_bf16_vae_within_tolerance_of_diffusers(vae, ref):
+def test_bf16_vae_within_tolerance_of_diffusers(vae, ref, monkeypatch):
     """Reference: AutoencoderKLWan decode and encode in float32 (torch)."""
-    vae16 = _bf16_copy(vae)
+    vae16 = _bf16_copy(vae, monkeypatch)
     z = np.random.default_rng(1).normal(size=(1, 3, H // 8, W // 8, 16)).astype(np.float32)
     with torch.no_grad():
         want = _from_torch(ref.decode(_to_torch(z)).sample)
@@ -166,6 +175,22 @@ def test_streaming_decode_equals_whole(vae, chunk):
     # one compile for the first chunk, one per later chunk shape (3, 3, 1 -> two)
     assert _decode_step._cache_size() - compiled <= (2 if chunk == 1 else 3)
     np.testing.assert_allclose(np.concatenate(parts, axis=1), whole, atol=1e-5)
+
+
+def test_chunk_decode_lowered_has_no_cache_concatenate():
+    """Reference: the operand types of the StableHLO concatenates of the bf16 per-chunk decode (3 latent
+    frames, as the pipeline streams them), first and later chunk: no conv cache is copied into a
+    [cache, input] buffer (before this change: one such concatenate per temporal conv)."""
+    vae = nnx.eval_shape(lambda: WanVAE(dataclasses.replace(default_model.VAE, dtype="bfloat16"), rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(vae)
+    z = jax.ShapeDtypeStruct((1, 3, 2, 3, 16), jnp.float32)
+    feats = jax.eval_shape(lambda: vae.init_decode_cache(1, 2, 3)).feats
+    cache_types = {hlo.tensor_type(c) for c in jax.tree.leaves(feats)}
+    assert all(t.endswith("xbf16") for t in cache_types)
+    for started in (False, True):
+        lowered = _decode_step.trace(graphdef, state, z, DecodeCache(feats, started)).lower()
+        assert not cache_types & set(hlo.operands(lowered.as_text(), "concatenate"))
+        assert {hlo.tensor_type(c) for c in jax.tree.leaves(lowered.out_info[1])} == cache_types
 
 
 def test_normalize_roundtrip():

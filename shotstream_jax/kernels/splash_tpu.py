@@ -9,10 +9,14 @@ layout and `MaskSpec` onto it:
     (in float32, then cast back) before the call.
   * Blocking: L is padded to a multiple of 128 (the TPU lane width) and the
     tile is the largest of 512/256/128 that divides the padded length.
-  * kv_valid and the key padding become segment ids: every query is in
+  * kv_len and the key padding become segment ids: every query is in
     segment 0, a valid key in segment 0, an invalid or padding key in segment
     1, so it is never seen. Padding queries see the valid keys and are
     sliced off.
+  * kv_len also bounds the work: in each example's copy of the kernel's
+    block masks, the key tiles from ceil(kv_len / tile) on are marked empty,
+    so splash neither computes them nor (forward, dq) copies their K/V in.
+    Per-example block masks make vmap run the kernel once per example.
   * Block-causal chunk ids become a dynamic splash mask [1, Lq, Lk] (one head,
     shared by all): splash still skips the fully masked tiles, but a dynamic
     mask is materialised densely (Lq * Lk bytes, about 200 MB for the
@@ -67,6 +71,31 @@ def make_kernel(mask, lq: int, lk: int, *, interpret: bool = False):
     return kernel
 
 
+def bounded(kernel, kv_len):
+    """`kernel` with the key tiles at and past ceil(kv_len / tile) marked empty (kv_len: a scalar).
+
+    A tile's block-mask entry 0 makes splash skip it; its next-block entry
+    pointing at a block already fetched skips the copy too (the forward and dq
+    passes: the last live key tile; the dkv pass, which walks the query tiles
+    of each key tile: the last query tile).
+    """
+    sizes = kernel.kwargs["block_sizes"]
+
+    def bound(info, block_kv, walks_kv):
+        if info is None:
+            return None
+        nq, nk = info.block_mask.shape[-2:]
+        n_live = jnp.maximum(-(-kv_len // block_kv), 1)
+        live = jnp.arange(nk) < n_live
+        fill = n_live - 1 if walks_kv else nq - 1
+        return info._replace(block_mask=jnp.where(live, info.block_mask, 0).astype(info.block_mask.dtype),
+                             data_next=jnp.where(live, info.data_next, fill).astype(info.data_next.dtype))
+
+    return type(kernel)(bound(kernel.fwd_mask_info, sizes.block_kv, True),
+                        bound(kernel.dq_mask_info, sizes.block_kv_dq, True),
+                        bound(kernel.dkv_mask_info, sizes.block_kv_dkv, False), **kernel.kwargs)
+
+
 def segment_ids(mask, batch: int, lq: int, lk_real: int, lk: int):
     """Per-example SegmentIds (leading batch axis) hiding keys past kv_len and padding keys."""
     kv = jnp.zeros((batch, lk_real), jnp.int32)
@@ -87,6 +116,10 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask=None, *,
     seg = segment_ids(mask, b, lq_pad, lk, lk_pad)
     heads_first = lambda x, n: _pad_len(jnp.swapaxes(x, 1, 2), n, 2)
     qs = (q.astype(jnp.float32) * d ** -0.5).astype(q.dtype)
-    o = jax.vmap(kernel)(heads_first(qs, lq_pad), heads_first(k, lk_pad),
-                         heads_first(v, lk_pad), segment_ids=seg)
+    kv_len = None if mask is None or mask.kv_len is None else jnp.broadcast_to(mask.kv_len, (b,))
+
+    def one(q, k, v, seg, kv_len):
+        return (kernel if kv_len is None else bounded(kernel, kv_len))(q, k, v, segment_ids=seg)
+
+    o = jax.vmap(one)(heads_first(qs, lq_pad), heads_first(k, lk_pad), heads_first(v, lk_pad), seg, kv_len)
     return jnp.swapaxes(o, 1, 2)[:, :lq].astype(q.dtype)

@@ -540,22 +540,6 @@ class WanDiT(nnx.Module):
         return (out, *extras) if extras else out
 
 
-def for_inference(dit: WanDiT) -> WanDiT:
-    """The model for generation: parameters stored in the compute dtype on accelerators (bf16 weights:
-    no pass converts 5 GB of float32 weights again; float32 stays on CPU), and no remat."""
-    cfg = dit.cfg
-    # remat is for training; inference keeps the cache in the layer scan's carry (in place).
-    new = dataclasses.replace(cfg, remat=False,
-                              param_dtype=cfg.param_dtype if jax.default_backend() == "cpu" else cfg.dtype)
-    if new == cfg:
-        return dit
-    cfg = new
-    graphdef = nnx.split(nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0))))[0]
-    state = jax.tree.map(lambda x: x.astype(cfg.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
-                         nnx.state(dit))
-    return nnx.merge(graphdef, state)
-
-
 def num_params(model: nnx.Module) -> int:
     return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 

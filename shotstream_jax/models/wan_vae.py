@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +44,12 @@ WAN21_LATENTS_STD = (
     3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
 
 
+class Dtypes(NamedTuple):
+    """What the layers compute in and what they store their weights in."""
+    compute: jnp.dtype
+    param: jnp.dtype
+
+
 @dataclasses.dataclass(frozen=True)
 class WanVAEConfig:
     base_dim: int = 96
@@ -56,6 +62,9 @@ class WanVAEConfig:
     # Convolution inputs and outputs, activations and conv caches (bfloat16 on accelerators: the convs
     # accumulate in float32 inside, the temporal taps are summed in float32); norms compute in float32.
     dtype: str = "float32"
+    # The conv and linear weights (bfloat16 for generation on accelerators); conv biases and norm
+    # scales, which enter float32 arithmetic, stay float32.
+    param_dtype: str = "float32"
 
     def __post_init__(self):
         if len(self.temporal_downsample) != len(self.dim_mult) - 1:
@@ -64,6 +73,10 @@ class WanVAEConfig:
                 f"({len(self.dim_mult) - 1} for dim_mult {self.dim_mult}), got {self.temporal_downsample}")
         if len(self.latents_mean) != self.z_dim or len(self.latents_std) != self.z_dim:
             raise ValueError(f"latents_mean/latents_std need z_dim={self.z_dim} entries")
+
+    @property
+    def dtypes(self) -> "Dtypes":
+        return Dtypes(jnp.dtype(self.dtype), jnp.dtype(self.param_dtype))
 
     @property
     def spatial_factor(self) -> int:
@@ -95,13 +108,14 @@ class CausalConv3d(nnx.Module):
     encoder's stride-2 time conv keeps 1.
     """
 
-    def __init__(self, cin: int, cout: int, kernel: Sequence[int], dtype, stride_t: int = 1,
+    def __init__(self, cin: int, cout: int, kernel: Sequence[int], dtypes: Dtypes, stride_t: int = 1,
                  cache_frames: Optional[int] = None, *, rngs: nnx.Rngs):
         kt, kh, kw = kernel
         fan_in = cin * kt * kh * kw
-        self.kernel = nnx.Param(jax.random.normal(rngs.params(), (kt, kh, kw, cin, cout)) * fan_in ** -0.5)
+        self.kernel = nnx.Param(
+            (jax.random.normal(rngs.params(), (kt, kh, kw, cin, cout)) * fan_in ** -0.5).astype(dtypes.param))
         self.bias = nnx.Param(jnp.zeros((cout,)))
-        self.dtype = dtype
+        self.dtype = dtypes.compute
         self.stride_t = stride_t
         self.cache_frames = kt - 1 if cache_frames is None else cache_frames
 
@@ -112,21 +126,40 @@ class CausalConv3d(nnx.Module):
         return jnp.zeros((b, self.cache_frames, h, w, self.kernel.shape[3]), self.dtype)
 
     def __call__(self, x, cache=None):
+        """Output frame t reads frames s t + i (tap i) of [cache, x]. Each tap convolves the frames
+        it reads from the cache and from x separately and the partial outputs are summed, padded to
+        their output frames: by linearity the same result as convolving the concatenation, without
+        copying the cache and the input into one buffer in every layer."""
         x = x.astype(self.dtype)
-        if self.cache_frames:
-            x = jnp.concatenate([cache.astype(self.dtype), x], axis=1)
-            cache = x[:, -self.cache_frames:]
-        # A sum over temporal taps of per-frame 2D convs: XLA:CPU runs these
-        # about 2x faster than one 3D conv, and accelerators fuse them well.
         kernel = self.kernel[...].astype(self.dtype)
         kt, kh, kw = kernel.shape[:3]
-        t_out = (x.shape[1] - kt) // self.stride_t + 1
+        c, s = self.cache_frames, self.stride_t
+        t_out = (c + x.shape[1] - kt) // s + 1
+        # A sum over temporal taps of per-frame 2D convs: XLA:CPU runs these
+        # about 2x faster than one 3D conv, and accelerators fuse them well.
+        conv = functools.partial(_conv2d, padding=((kh // 2, kh // 2), (kw // 2, kw // 2)), stride=1,
+                                 dtype=self.dtype)
         y = 0.0
         for i in range(kt):
-            frames = x[:, i:i + self.stride_t * (t_out - 1) + 1:self.stride_t]
-            y = y + _conv2d(frames, kernel[i], 1, ((kh // 2, kh // 2), (kw // 2, kw // 2)),
-                            self.dtype).astype(jnp.float32)
+            n_cache = min(t_out, max(0, -(-(c - i) // s)))  # outputs whose tap i reads a cache frame
+            if n_cache:
+                frames = cache[:, i:i + s * (n_cache - 1) + 1:s].astype(self.dtype)
+                y = y + _pad_time(conv(frames, kernel[i]), 0, t_out - n_cache)
+            if t_out > n_cache:
+                start = s * n_cache + i - c
+                frames = x[:, start:start + s * (t_out - n_cache - 1) + 1:s]
+                y = y + _pad_time(conv(frames, kernel[i]), n_cache, 0)
+        if c:
+            # Only a chunk shorter than the cache (the whole-clip decode's one-latent-frame steps,
+            # the encoder's first frame) keeps some cached frames.
+            keep = cache[:, x.shape[1]:].astype(self.dtype)
+            cache = x[:, -c:] if x.shape[1] >= c else jnp.concatenate([keep, x], axis=1)
         return (y + self.bias[...]).astype(self.dtype), cache
+
+
+def _pad_time(y, before, after):
+    """f32 partial output y [B, T, ...] placed at frames [before, before + T) of the layer's output."""
+    return jnp.pad(y.astype(jnp.float32), ((0, 0), (before, after)) + ((0, 0),) * (y.ndim - 2))
 
 
 def _conv2d(x, kernel, stride, padding, dtype):
@@ -145,10 +178,12 @@ def _conv2d(x, kernel, stride, padding, dtype):
 class Conv2d(nnx.Module):
     """Per-frame 2D conv: [B, T, H, W, Cin] -> [B, T, H', W', Cout]; `padding` as in lax."""
 
-    def __init__(self, cin: int, cout: int, dtype, stride: int = 1, padding=((1, 1), (1, 1)), *, rngs: nnx.Rngs):
-        self.kernel = nnx.Param(jax.random.normal(rngs.params(), (3, 3, cin, cout)) * (9 * cin) ** -0.5)
+    def __init__(self, cin: int, cout: int, dtypes: Dtypes, stride: int = 1, padding=((1, 1), (1, 1)), *,
+                 rngs: nnx.Rngs):
+        self.kernel = nnx.Param(
+            (jax.random.normal(rngs.params(), (3, 3, cin, cout)) * (9 * cin) ** -0.5).astype(dtypes.param))
         self.bias = nnx.Param(jnp.zeros((cout,)))
-        self.stride, self.padding, self.dtype = stride, padding, dtype
+        self.stride, self.padding, self.dtype = stride, padding, dtypes.compute
 
     def __call__(self, x):
         return (_conv2d(x, self.kernel[...], self.stride, self.padding, self.dtype) + self.bias[...]).astype(self.dtype)
@@ -169,12 +204,12 @@ class RMSNorm(nnx.Module):
 class ResidualBlock(nnx.Module):
     """RMSNorm-SiLU-CausalConv-RMSNorm-SiLU-CausalConv + (1x1x1 conv) shortcut."""
 
-    def __init__(self, cin: int, cout: int, dtype, *, rngs: nnx.Rngs):
+    def __init__(self, cin: int, cout: int, dtypes: Dtypes, *, rngs: nnx.Rngs):
         self.norm1 = RMSNorm(cin)
-        self.conv1 = CausalConv3d(cin, cout, (3, 3, 3), dtype, rngs=rngs)
+        self.conv1 = CausalConv3d(cin, cout, (3, 3, 3), dtypes, rngs=rngs)
         self.norm2 = RMSNorm(cout)
-        self.conv2 = CausalConv3d(cout, cout, (3, 3, 3), dtype, rngs=rngs)
-        self.shortcut = CausalConv3d(cin, cout, (1, 1, 1), dtype, rngs=rngs) if cin != cout else None
+        self.conv2 = CausalConv3d(cout, cout, (3, 3, 3), dtypes, rngs=rngs)
+        self.shortcut = CausalConv3d(cin, cout, (1, 1, 1), dtypes, rngs=rngs) if cin != cout else None
 
     def init_cache(self, b, h, w):
         return (self.conv1.init_cache(b, h, w), self.conv2.init_cache(b, h, w))
@@ -190,10 +225,11 @@ class ResidualBlock(nnx.Module):
 class AttentionBlock(nnx.Module):
     """Single-head self-attention over the pixels of each frame, residual."""
 
-    def __init__(self, dim: int, dtype, *, rngs: nnx.Rngs):
+    def __init__(self, dim: int, dtypes: Dtypes, *, rngs: nnx.Rngs):
         self.norm = RMSNorm(dim)
-        self.to_qkv = nnx.Linear(dim, 3 * dim, dtype=dtype, rngs=rngs)
-        self.proj = nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
+        linear = functools.partial(nnx.Linear, dtype=dtypes.compute, param_dtype=dtypes.param, rngs=rngs)
+        self.to_qkv = linear(dim, 3 * dim)
+        self.proj = linear(dim, dim)
 
     def __call__(self, x):
         b, t, h, w, c = x.shape
@@ -210,20 +246,20 @@ class Resample(nnx.Module):
     Upsampling halves the channels (the original's `dim // 2`).
     """
 
-    def __init__(self, dim: int, mode: str, dtype, *, rngs: nnx.Rngs):
+    def __init__(self, dim: int, mode: str, dtypes: Dtypes, *, rngs: nnx.Rngs):
         self.mode = mode
         if mode.startswith("up"):
-            self.conv = Conv2d(dim, dim // 2, dtype, rngs=rngs)
+            self.conv = Conv2d(dim, dim // 2, dtypes, rngs=rngs)
         else:
             # ZeroPad2d((0, 1, 0, 1)) then a stride-2 valid conv.
-            self.conv = Conv2d(dim, dim, dtype, stride=2, padding=((0, 1), (0, 1)), rngs=rngs)
+            self.conv = Conv2d(dim, dim, dtypes, stride=2, padding=((0, 1), (0, 1)), rngs=rngs)
         time_conv = None
         if mode == "upsample3d":
             # 2*dim outputs: the two new frames per input frame, side by side in channels.
-            time_conv = CausalConv3d(dim, 2 * dim, (3, 1, 1), dtype, rngs=rngs)
+            time_conv = CausalConv3d(dim, 2 * dim, (3, 1, 1), dtypes, rngs=rngs)
         elif mode == "downsample3d":
             # Stride 2 over [last frame of the previous chunk, this chunk].
-            time_conv = CausalConv3d(dim, dim, (3, 1, 1), dtype, stride_t=2, cache_frames=1, rngs=rngs)
+            time_conv = CausalConv3d(dim, dim, (3, 1, 1), dtypes, stride_t=2, cache_frames=1, rngs=rngs)
         self.time_conv = time_conv
 
     def init_cache(self, b, h, w):
@@ -265,10 +301,10 @@ class Resample(nnx.Module):
 class MidBlock(nnx.Module):
     """ResidualBlock - AttentionBlock - ResidualBlock at the lowest resolution."""
 
-    def __init__(self, dim: int, dtype, *, rngs: nnx.Rngs):
-        self.res0 = ResidualBlock(dim, dim, dtype, rngs=rngs)
-        self.attn = AttentionBlock(dim, dtype, rngs=rngs)
-        self.res1 = ResidualBlock(dim, dim, dtype, rngs=rngs)
+    def __init__(self, dim: int, dtypes: Dtypes, *, rngs: nnx.Rngs):
+        self.res0 = ResidualBlock(dim, dim, dtypes, rngs=rngs)
+        self.attn = AttentionBlock(dim, dtypes, rngs=rngs)
+        self.res1 = ResidualBlock(dim, dim, dtypes, rngs=rngs)
 
     def init_cache(self, b, h, w):
         return (self.res0.init_cache(b, h, w), self.res1.init_cache(b, h, w))
@@ -287,9 +323,9 @@ class _Coder(nnx.Module):
 
     mid_first: bool
 
-    def _build_head(self, cin, cout, dtype, rngs):
+    def _build_head(self, cin, cout, dtypes, rngs):
         self.norm_out = RMSNorm(cin)
-        self.conv_out = CausalConv3d(cin, cout, (3, 3, 3), dtype, rngs=rngs)
+        self.conv_out = CausalConv3d(cin, cout, (3, 3, 3), dtypes, rngs=rngs)
 
     def init_cache(self, b: int, h: int, w: int):
         """Zero cache pytree for inputs of spatial size h x w (fixed shapes)."""
@@ -327,20 +363,20 @@ class Encoder3d(_Coder):
     mid_first = False
 
     def __init__(self, cfg: WanVAEConfig, *, rngs: nnx.Rngs):
-        dtype = jnp.dtype(cfg.dtype)
+        dtypes = cfg.dtypes
         dims = [cfg.base_dim * m for m in (1, *cfg.dim_mult)]
-        self.conv_in = CausalConv3d(3, dims[0], (3, 3, 3), dtype, rngs=rngs)
+        self.conv_in = CausalConv3d(3, dims[0], (3, 3, 3), dtypes, rngs=rngs)
         blocks = []
         for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:])):
             for _ in range(cfg.num_res_blocks):
-                blocks.append(ResidualBlock(cin, cout, dtype, rngs=rngs))
+                blocks.append(ResidualBlock(cin, cout, dtypes, rngs=rngs))
                 cin = cout
             if i < len(cfg.dim_mult) - 1:
                 mode = "downsample3d" if cfg.temporal_downsample[i] else "downsample2d"
-                blocks.append(Resample(cout, mode, dtype, rngs=rngs))
+                blocks.append(Resample(cout, mode, dtypes, rngs=rngs))
         self.blocks = nnx.List(blocks)
-        self.mid = MidBlock(dims[-1], dtype, rngs=rngs)
-        self._build_head(dims[-1], 2 * cfg.z_dim, dtype, rngs)
+        self.mid = MidBlock(dims[-1], dtypes, rngs=rngs)
+        self._build_head(dims[-1], 2 * cfg.z_dim, dtypes, rngs)
 
 
 class Decoder3d(_Coder):
@@ -349,24 +385,24 @@ class Decoder3d(_Coder):
     mid_first = True
 
     def __init__(self, cfg: WanVAEConfig, *, rngs: nnx.Rngs):
-        dtype = jnp.dtype(cfg.dtype)
+        dtypes = cfg.dtypes
         mult = cfg.dim_mult
         dims = [cfg.base_dim * m for m in (mult[-1], *mult[::-1])]
         temporal_upsample = cfg.temporal_downsample[::-1]
-        self.conv_in = CausalConv3d(cfg.z_dim, dims[0], (3, 3, 3), dtype, rngs=rngs)
-        self.mid = MidBlock(dims[0], dtype, rngs=rngs)
+        self.conv_in = CausalConv3d(cfg.z_dim, dims[0], (3, 3, 3), dtypes, rngs=rngs)
+        self.mid = MidBlock(dims[0], dtypes, rngs=rngs)
         blocks = []
         for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:])):
             if i > 0:
                 cin //= 2  # the previous upsample halved the channels
             for _ in range(cfg.num_res_blocks + 1):
-                blocks.append(ResidualBlock(cin, cout, dtype, rngs=rngs))
+                blocks.append(ResidualBlock(cin, cout, dtypes, rngs=rngs))
                 cin = cout
             if i < len(mult) - 1:
                 mode = "upsample3d" if temporal_upsample[i] else "upsample2d"
-                blocks.append(Resample(cout, mode, dtype, rngs=rngs))
+                blocks.append(Resample(cout, mode, dtypes, rngs=rngs))
         self.blocks = nnx.List(blocks)
-        self._build_head(dims[-1], 3, dtype, rngs)
+        self._build_head(dims[-1], 3, dtypes, rngs)
 
 
 @jax.tree_util.register_dataclass
@@ -387,12 +423,12 @@ class WanVAE(nnx.Module):
 
     def __init__(self, cfg: WanVAEConfig = WanVAEConfig(), *, rngs: nnx.Rngs):
         self.cfg = cfg
-        dtype = jnp.dtype(cfg.dtype)
+        dtypes = cfg.dtypes
         self.encoder = Encoder3d(cfg, rngs=rngs)
         # 1x1x1 convs between encoder output / latents and decoder input (the
         # original's top-level conv1 / conv2).
-        self.quant_conv = CausalConv3d(2 * cfg.z_dim, 2 * cfg.z_dim, (1, 1, 1), dtype, rngs=rngs)
-        self.post_quant_conv = CausalConv3d(cfg.z_dim, cfg.z_dim, (1, 1, 1), dtype, rngs=rngs)
+        self.quant_conv = CausalConv3d(2 * cfg.z_dim, 2 * cfg.z_dim, (1, 1, 1), dtypes, rngs=rngs)
+        self.post_quant_conv = CausalConv3d(cfg.z_dim, cfg.z_dim, (1, 1, 1), dtypes, rngs=rngs)
         self.decoder = Decoder3d(cfg, rngs=rngs)
 
     # -- input checks (user-facing) --
