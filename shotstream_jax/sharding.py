@@ -87,16 +87,23 @@ def maybe_initialize_distributed() -> None:
 
 
 def make_mesh(mesh_cfg, devices=None) -> Mesh:
-    """The (data, fsdp, context, tensor) mesh over `devices` (default all).
+    """The (data, fsdp, context, tensor) mesh over `devices` (default all), in `device_grid`'s order."""
+    devices = jax.devices() if devices is None else list(devices)
+    return Mesh(device_grid(mesh_cfg, devices), AXES)
 
-    The device order comes from `mesh_utils.create_device_mesh`, which puts
-    the last axes (tensor, context) on the fastest links of the physical
-    topology. With `mesh.dcn_data` > 1 (multislice: several TPU slices joined
-    by the data-centre network) the data axis is split into dcn_data slices x
-    data / dcn_data within each, by `create_hybrid_device_mesh`.
+
+def device_grid(mesh_cfg, devices) -> np.ndarray:
+    """`devices` arranged in the (data, fsdp, context, tensor) shape of the config's `mesh` section.
+
+    The order comes from `mesh_utils.create_device_mesh`, which puts the last
+    axes (tensor, context) on the fastest links of the physical topology.
+    With `mesh.dcn_data` > 1 (multislice: several TPU slices joined by the
+    data-centre network) the data axis is dcn_data slices x data / dcn_data
+    within each (`create_hybrid_device_mesh`): only data-parallel gradient
+    sums cross slices. Devices that all sit in one slice (GPU nodes, CPU
+    processes) take each process as a slice.
     """
     shape = tuple(int(mesh_cfg.get(a, 1)) for a in AXES)
-    devices = jax.devices() if devices is None else list(devices)
     n = len(devices)
     if math.prod(shape) != n:
         dims = " x ".join(f"{a}={d}" for a, d in zip(AXES, shape))
@@ -106,15 +113,20 @@ def make_mesh(mesh_cfg, devices=None) -> Mesh:
     if dcn > 1:
         if shape[0] % dcn:
             raise ValueError(f"mesh.data={shape[0]} must be a multiple of mesh.dcn_data={dcn} (the slice count)")
+        # GPU nodes and CPU processes report no slice index, or slice 0 on every device.
+        by_process = len({getattr(d, "slice_index", 0) for d in devices}) == 1
+        slices = len({d.process_index if by_process else d.slice_index for d in devices})
+        if slices != dcn:
+            raise ValueError(f"mesh.dcn_data={dcn} but the devices span {slices} "
+                             f"{'processes' if by_process else 'slices'}; set mesh.dcn_data={slices}")
         ici = (shape[0] // dcn,) + shape[1:]
-        arr = mesh_utils.create_hybrid_device_mesh(ici, (dcn,) + (1,) * (len(AXES) - 1), devices)
-    else:
-        try:
-            arr = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
-        except (AssertionError, NotImplementedError, ValueError):
-            # Topologies mesh_utils does not know (some CPU / GPU device counts): plain order.
-            arr = np.asarray(devices).reshape(shape)
-    return Mesh(arr, AXES)
+        return mesh_utils.create_hybrid_device_mesh(ici, (dcn,) + (1,) * (len(AXES) - 1), devices,
+                                                    process_is_granule=by_process, allow_split_physical_axes=True)
+    try:
+        return mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+    except (AssertionError, NotImplementedError, ValueError):
+        # Topologies mesh_utils does not know (some CPU / GPU device counts): plain order.
+        return np.asarray(devices).reshape(shape)
 
 
 def _spec(names, shape, mesh: Mesh) -> P:

@@ -14,7 +14,7 @@ from etils.epath import testing as epath_testing
 
 from shotstream_jax import checkpoint, sharding
 from shotstream_jax.config import get_config
-from shotstream_jax.data import pipeline
+from shotstream_jax.data import manifest, pipeline, toy
 from shotstream_jax.train import loop, stages
 
 
@@ -94,3 +94,23 @@ def test_missing_model_dir_on_gs_names_the_url(bucket):
     cfg = get_config("toy", "teacher")
     with pytest.raises(FileNotFoundError, match="gs://bucket/nothing"):
         stages.dit_params(cfg, sharding.make_mesh(cfg.mesh, jax.devices()[:1]), "gs://bucket/nothing", 0)
+
+
+def test_raw_manifest_captions_and_videos_on_gs(bucket):
+    """Reference: the same toy manifest (relative paths) read from its local folder, example by example."""
+    root, touched = bucket
+    local = toy.make_toy_dataset(str(root / "data"), num_videos=2)
+    cfg = get_config("toy", "teacher")
+    got, _ = manifest.read_manifest("gs://bucket/data/manifest.csv")
+    want, _ = manifest.read_manifest(local)
+    assert [c.video for c in got] == ["gs://bucket/data/0000.mp4", "gs://bucket/data/0001.mp4"]
+    assert [(c.ranges, c.prompts) for c in got] == [(c.ranges, c.prompts) for c in want]
+    srcs = []
+    for path in ("gs://bucket/data/manifest.csv", local):
+        cfg.data.manifest = path
+        srcs.append(pipeline.source(cfg, "unused"))
+    a, b = srcs[0][1], srcs[1][1]
+    assert sorted(a) == sorted(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert {"gs://bucket/data/0001.json", "gs://bucket/data/0001.mp4"} <= set(touched)

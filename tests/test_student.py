@@ -1,4 +1,6 @@
 """Cached chunked student against the block-causal full-sequence forward (and direct WanDiT K/V)."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -161,6 +163,54 @@ def test_rollout_matches_chunk_functions_and_has_gradient(setup):
     grads = jax.jit(jax.grad(loss))(st)
     norms = [float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads)]
     assert all(np.isfinite(norms)) and sum(norms) > 0
+
+
+def test_rollout_gradient_equals_one_pass_self_forcing_loop(setup):
+    """Reference: the one-pass Self-Forcing loop (`self_forcing_training.py`) written out here on raw
+    `chunk_velocity` calls: chunk by chunk on one cache, every pass under stop_gradient but each
+    chunk's exit-step prediction (live weights and text K/V); values and jax.grad of a weighted sum."""
+    cfg, dit, tkv = setup
+    hw, exit_step = (4, 4), 1
+    gd, st = nnx.split(dit)
+    tk = _prompt(tkv, 0)
+    noise, k_steps = student.shot_noise(jax.random.PRNGKey(5), student.init_cache(cfg, 1, hw, shot_frames=SHOT), 1, hw)
+    w = jax.random.normal(jax.random.PRNGKey(6), noise.shape)
+    sig = schedule.sigma_of(jnp.asarray(TS))
+
+    def reference(state, tk):
+        live, frozen = nnx.merge(gd, state), nnx.merge(gd, jax.lax.stop_gradient(state))
+        cache, out = student.init_cache(cfg, 1, hw, shot_frames=SHOT), []
+        for c in range(SHOT // 3):
+            x, kc = noise[:, 3 * c:3 * c + 3], jax.random.fold_in(k_steps, c)
+            for i in range(exit_step + 1):
+                model, text = (live, tk) if i == exit_step else (frozen, jax.lax.stop_gradient(tk))
+                v, cache = student.chunk_velocity(model, cache, x, jnp.full((1, 3), TS[i]), text, 1, THETA)
+                x0 = x - sig[i] * v
+                if i < exit_step:
+                    x = schedule.add_noise_sigma(x0, jax.random.normal(jax.random.fold_in(kc, i), x.shape), sig[i + 1])
+            out.append(x0)
+            _, cache = student.chunk_velocity(frozen, jax.lax.stop_gradient(cache), jax.lax.stop_gradient(x0),
+                                              jnp.zeros((1, 3)), jax.lax.stop_gradient(tk), 1, THETA)
+            cache = cache.replace(num_local=cache.num_local + 3)
+        return jnp.concatenate(out, 1)
+
+    def rollout(graphdef, state, tk, grad=True):
+        cache = student.init_cache(cfg, 1, hw, shot_frames=SHOT)
+        return student.rollout_shot(graphdef, state, cache, noise, k_steps, tk, 1, exit_step, THETA, TS,
+                                    grad=grad)[0]
+
+    def grads(f):
+        return jax.jit(jax.value_and_grad(lambda s, t: (jnp.sum(f(s, t) * w), f(s, t)), (0, 1), has_aux=True))
+
+    (_, want), want_grads = grads(reference)(st, tk)
+    # The layer scan with the cache in its carry, and the remat one with cache slices as xs/ys.
+    for remat in (False, True):
+        g = nnx.split(WanDiT(dataclasses.replace(cfg, remat=remat), rngs=nnx.Rngs(0)))[0]
+        (_, got), got_grads = grads(lambda s, t: rollout(g, s, t))(st, tk)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), got_grads, want_grads)
+    # Without gradient the rollout returns its own (no-grad) predictions: the same latents.
+    np.testing.assert_allclose(jax.jit(rollout, static_argnums=(0, 3))(gd, st, tk, False), want, rtol=1e-5, atol=1e-5)
 
 
 def test_chunk_step_lowered_for_cuda_has_no_cache_copy_or_dense_mask(monkeypatch):

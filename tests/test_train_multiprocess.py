@@ -106,6 +106,17 @@ def test_dmd_two_processes_match_one(tmp_path):
     np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=1e-4, atol=1e-6)
 
 
+def test_multislice_two_processes_match_one(tmp_path):
+    """mesh.dcn_data=2, each process a slice (CPU devices have no slice index): the hybrid mesh's data
+    axis across the processes, fsdp and tensor inside each; every step's loss as 1 process x 8."""
+    ref, multi = tmp_path / "one", tmp_path / "two"
+    _train("teacher", ref, 1, "--config.train.steps=2")
+    _train("teacher", multi, 2, "--config.train.steps=2", "--config.mesh.dcn_data=2")
+    a, b = _losses(ref), _losses(multi)
+    assert sorted(b) == [1, 2]
+    np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=1e-4, atol=1e-6)
+
+
 def test_ode_pairs_two_processes_odd_dataset(tmp_path):
     """3 examples over 2 processes (global batches of 4 rows: the last wraps) finish, equal to 1 process."""
     ref, multi = tmp_path / "one", tmp_path / "two"

@@ -7,6 +7,7 @@ CSV columns (utils/dataset.py of the ShotStream code):
 
 Caption JSON: {"global_caption": ..., "shot1": ..., "shotN": ...}. Relative
 paths are tried against the CSV's folder first, then the working directory.
+Every path may be a URL (gs://...): files are read through etils.epath.
 Rows that cannot be used are skipped and counted, never fatal.
 """
 from __future__ import annotations
@@ -14,10 +15,12 @@ from __future__ import annotations
 import ast
 import csv
 import dataclasses
+import io
 import json
 import logging
 import os
 
+from shotstream_jax.checkpoint import as_path
 from shotstream_jax.text import shot_prompt
 
 log = logging.getLogger(__name__)
@@ -31,10 +34,12 @@ class Clip:
 
 
 def _resolve(path: str, base: str) -> str:
-    if os.path.isabs(path):
+    """A row's path: absolute or a URL as it is, else next to the CSV (`base`, maybe a URL) if there,
+    else from the working directory."""
+    if os.path.isabs(path) or "://" in path:
         return path
-    near = os.path.join(base, path)
-    return near if os.path.exists(near) else os.path.abspath(path)
+    near = as_path(base) / path
+    return str(near) if near.exists() else os.path.abspath(path)
 
 
 def _parse_row(row: dict, base: str) -> Clip:
@@ -43,7 +48,7 @@ def _parse_row(row: dict, base: str) -> Clip:
         if not row.get(col):
             raise ValueError(f"column {col!r} is empty")
     video = _resolve(row["video_path"], base)
-    if not os.path.isfile(video):
+    if not as_path(video).is_file():
         raise ValueError(f"video {video} does not exist")
     try:
         ranges = tuple((int(a), int(b)) for a, b in ast.literal_eval(row["frame_number"]))
@@ -54,8 +59,7 @@ def _parse_row(row: dict, base: str) -> Clip:
         raise ValueError(f"frame_number {ranges} must be ascending, non-empty [start, end) ranges")
     path = _resolve(row["json_path"], base)
     try:
-        with open(path) as f:
-            caps = json.load(f)
+        caps = json.loads(as_path(path).read_text())
     except (OSError, ValueError) as e:
         raise ValueError(f"caption file {path} is unreadable ({e})")
     shots = [caps.get(f"shot{i + 1}", "") for i in range(len(ranges))]
@@ -77,11 +81,12 @@ def write_manifest(path: str, rows) -> str:
 
 def read_manifest(path: str, min_shots: int = 2) -> tuple[list[Clip], int]:
     """All usable clips of a manifest with at least `min_shots` shots, and how many rows were skipped."""
-    if not os.path.isfile(path):
+    csv_path = as_path(path)
+    if not csv_path.is_file():
         raise FileNotFoundError(f"{path}: manifest not found; set --config.data.manifest to the training CSV")
-    base = os.path.dirname(os.path.abspath(path))
+    base = str(csv_path.parent)
     clips, skipped = [], 0
-    with open(path, newline="") as f:
+    with io.StringIO(csv_path.read_text(), newline="") as f:
         for n, row in enumerate(csv.DictReader(f), start=2):
             try:
                 clip = _parse_row(row, base)

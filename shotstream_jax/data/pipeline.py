@@ -29,6 +29,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import tempfile
 import threading
 from typing import Callable
 
@@ -55,9 +56,24 @@ NEGATIVE_PROMPT = ("色调艳丽，过曝，静态，细节模糊不清，字幕
 
 
 def read_video(path: str, num_frames: int) -> np.ndarray:
-    """The first `num_frames` frames of a video, uint8[T, H, W, 3]; ValueError when it has fewer."""
+    """The first `num_frames` frames of a video, uint8[T, H, W, 3]; ValueError when it has fewer.
+
+    A URL (gs://...) is copied to a local temporary file first: ffmpeg reads local files.
+    """
+    if "://" in path:
+        with tempfile.NamedTemporaryFile(suffix=os.path.splitext(path)[1]) as f:
+            try:
+                f.write(epath.Path(path).read_bytes())
+            except OSError as e:
+                raise ValueError(f"{path}: unreadable video ({e})") from e
+            f.flush()
+            return _read_frames(f.name, num_frames, path)
+    return _read_frames(path, num_frames, path)
+
+
+def _read_frames(local: str, num_frames: int, path: str) -> np.ndarray:
     try:
-        reader = imageio.get_reader(path)
+        reader = imageio.get_reader(local)
         frames = []
         for frame in reader:
             frames.append(np.asarray(frame)[..., :3])

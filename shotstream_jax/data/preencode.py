@@ -39,7 +39,7 @@ def preencode(cfg, manifest_path: str, out_dir: str, encode_video, encode_text, 
         np.save(os.path.join(tmp, "negative_text.npy"),
                 encode_text([pipeline.NEGATIVE_PROMPT])[0].astype(np.float16))
         checkpoint.write_json(os.path.join(tmp, "index.json"), {
-            "manifest": os.path.abspath(manifest_path), "examples": written, "skipped": skipped,
+            "manifest": str(checkpoint.as_path(manifest_path)), "examples": written, "skipped": skipped,
             "size": cfg.size, "height": cfg.video.height, "width": cfg.video.width})
     return written
 

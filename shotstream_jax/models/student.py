@@ -191,40 +191,44 @@ def commit(dit: WanDiT, cache: DualCache, x0: jax.Array, text_kv: TextKV, target
     return cache.replace(num_local=cache.num_local + n)
 
 
-def denoise(dit: WanDiT, cache: DualCache, noise: jax.Array, key: jax.Array, text_kv: TextKV, target_shot,
-            shot_theta, timesteps: jax.Array, exit_step, dit_no_grad: Optional[WanDiT] = None,
-            ) -> tuple[jax.Array, DualCache]:
-    """Few-step sampling of one chunk; returns (the x0 predicted at step `exit_step`, the cache).
-
-    Every pass writes the chunk's K/V into its slot of the cache (the commit
-    pass overwrites them later); the write index does not move.
-
-    Steps 0..exit_step-1 each predict x0 = x - sigma v and re-noise it with
-    FRESH noise (normal(fold_in(key, i))) to the next timestep; they run on
-    `dit_no_grad` (default `dit`) so a caller can stop gradients there. Only
-    the exit step's prediction uses `dit`. Inference: exit_step = len - 1.
-    noise f32[B, n, h, w, 16]; timesteps f32[S]; exit_step int (may be traced).
-    """
-    b, n = noise.shape[:2]
+def step_x0(dit: WanDiT, cache: DualCache, x: jax.Array, i, timesteps: jax.Array, text_kv: TextKV, target_shot,
+            shot_theta) -> tuple[jax.Array, DualCache]:
+    """Denoising step i of the chunk x [B, n, h, w, 16]: x0 = x - sigma_i v at t = timesteps[i], and the
+    cache holding the chunk's K/V in its slot (the write index does not move)."""
+    b, n = x.shape[:2]
     ts = jnp.asarray(timesteps, jnp.float32)
-    sig = schedule.sigma_of(ts)
-    slow = dit if dit_no_grad is None else dit_no_grad
+    v, cache = chunk_velocity(dit, cache, x, jnp.full((b, n), ts[i]), text_kv, target_shot, shot_theta)
+    return (x.astype(jnp.float32) - schedule.sigma_of(ts)[i] * v).astype(x.dtype), cache
 
-    # The earlier steps see the text K/V without gradient too, as they see the weights.
-    slow_text = text_kv if dit_no_grad is None else jax.lax.stop_gradient(text_kv)
 
-    def predict(model, text, cache, x, i):
-        v, cache = chunk_velocity(model, cache, x, jnp.full((b, n), ts[i]), text, target_shot, shot_theta)
-        return (x.astype(jnp.float32) - sig[i] * v).astype(noise.dtype), cache
+def exit_input(dit: WanDiT, cache: DualCache, noise: jax.Array, key: jax.Array, text_kv: TextKV, target_shot,
+               shot_theta, timesteps: jax.Array, exit_step) -> tuple[jax.Array, DualCache]:
+    """Steps 0..exit_step-1 of one chunk -> (the input of step `exit_step`, the cache).
+
+    Each step predicts x0 (`step_x0`) and re-noises it with FRESH noise
+    (normal(fold_in(key, i))) to the next timestep. exit_step may be traced.
+    """
+    sig = schedule.sigma_of(jnp.asarray(timesteps, jnp.float32))
 
     def step(i, carry):
         x, cache = carry
         eps = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
-        x0, cache = predict(slow, slow_text, cache, x, i)
+        x0, cache = step_x0(dit, cache, x, i, timesteps, text_kv, target_shot, shot_theta)
         return schedule.add_noise_sigma(x0, eps, sig[i + 1]), cache
 
-    x, cache = jax.lax.fori_loop(0, exit_step, step, (noise, cache))
-    return predict(dit, text_kv, cache, x, exit_step)
+    return jax.lax.fori_loop(0, exit_step, step, (noise, cache))
+
+
+def denoise(dit: WanDiT, cache: DualCache, noise: jax.Array, key: jax.Array, text_kv: TextKV, target_shot,
+            shot_theta, timesteps: jax.Array, exit_step) -> tuple[jax.Array, DualCache]:
+    """Few-step sampling of one chunk; returns (the x0 predicted at step `exit_step`, the cache).
+
+    Every pass writes the chunk's K/V into its slot of the cache (the commit
+    pass overwrites them later); the write index does not move. Inference:
+    exit_step = len(timesteps) - 1. noise f32[B, n, h, w, 16]; timesteps f32[S].
+    """
+    x, cache = exit_input(dit, cache, noise, key, text_kv, target_shot, shot_theta, timesteps, exit_step)
+    return step_x0(dit, cache, x, exit_step, timesteps, text_kv, target_shot, shot_theta)
 
 
 def full_sequence_velocity(dit: WanDiT, context_latents: Optional[jax.Array], shot_latents: jax.Array,
@@ -342,14 +346,24 @@ def generate_shot(graphdef, state, cache: DualCache, key, text_kv, target_shot, 
 
 
 def rollout_shot(graphdef, state, cache: DualCache, noise: jax.Array, key: jax.Array, text_kv: TextKV,
-                 target_shot, exit_step, shot_theta, timesteps, chunk_frames: int = 3):
+                 target_shot, exit_step, shot_theta, timesteps, chunk_frames: int = 3, grad: bool = True):
     """Self-Forcing rollout of one shot for DMD (global cache already filled, e.g. by `context_pass`).
 
     Every chunk runs its denoising steps up to `exit_step` (traced int, shared
-    by all chunks); gradients w.r.t. `state` flow only through each chunk's
-    exit-step prediction; the earlier steps and the commit passes see
-    stop_gradient(state). Chunk c re-noises with fold_in(fold_in(key, c), i),
-    as `shot_chunks` does with its step key.
+    by all chunks) and is committed; gradients w.r.t. `state` and `text_kv`
+    flow only through each chunk's exit-step prediction, as in the reference
+    (`self_forcing_training.py`: the earlier steps and the cache passes under
+    no_grad). Chunk c re-noises with fold_in(fold_in(key, c), i), as
+    `shot_chunks` does with its step key.
+
+    So that the backward pass keeps one cache, not one per chunk, the rollout
+    runs twice over: first entirely on stop_gradient(state), remembering each
+    chunk's input to its exit step; then (with `grad`) the exit predictions
+    again, chunk by chunk, with gradient, from the FINAL cache: chunk c's exit
+    pass sees exactly the keys it saw in the rollout (the global cache and the
+    commits of chunks < c, which no later pass overwrites, then its own K/V),
+    so both give the same latents. `grad=False` (nothing to differentiate,
+    e.g. the critic's update) skips the second pass.
     Args:
       noise: f32[B, T, h, w, 16] initial noise of the shot.
     Returns:
@@ -361,19 +375,26 @@ def rollout_shot(graphdef, state, cache: DualCache, noise: jax.Array, key: jax.A
     nchunks = nt // chunk_frames
     ts = jnp.asarray(timesteps, jnp.float32)
     chunks = jnp.moveaxis(noise.reshape(b, nchunks, chunk_frames, *noise.shape[2:]), 1, 0)
+    frozen_state, frozen_text = jax.lax.stop_gradient((state, text_kv))
 
-    def body(cache, xs):
+    def rollout(cache, xs):
         c, chunk_noise = xs
-        dit = nnx.merge(graphdef, state)
-        frozen = nnx.merge(graphdef, jax.lax.stop_gradient(state))
-        cache = jax.lax.stop_gradient(cache)
-        x0, cache = denoise(dit, cache, chunk_noise, jax.random.fold_in(key, c), text_kv, target_shot, shot_theta,
-                            ts, exit_step, dit_no_grad=frozen)
-        cache = commit(frozen, jax.lax.stop_gradient(cache), jax.lax.stop_gradient(x0),
-                       jax.lax.stop_gradient(text_kv), target_shot, shot_theta)
-        return cache, x0
+        dit = nnx.merge(graphdef, frozen_state)
+        x, cache = exit_input(dit, cache, chunk_noise, jax.random.fold_in(key, c), frozen_text, target_shot,
+                              shot_theta, ts, exit_step)
+        x0, cache = step_x0(dit, cache, x, exit_step, ts, frozen_text, target_shot, shot_theta)
+        return commit(dit, cache, x0, frozen_text, target_shot, shot_theta), (x, x0)
 
-    cache, out = jax.lax.scan(body, cache, (jnp.arange(nchunks), chunks))
+    cache, (x_exit, out) = jax.lax.scan(rollout, jax.lax.stop_gradient(cache), (jnp.arange(nchunks), chunks))
+
+    def exit_pass(_, xs):
+        c, x = xs
+        before_c = cache.replace(num_local=c * chunk_frames)
+        return None, step_x0(nnx.merge(graphdef, state), before_c, x, exit_step, ts, text_kv, target_shot,
+                             shot_theta)[0]
+
+    if grad:
+        _, out = jax.lax.scan(exit_pass, None, (jnp.arange(nchunks), x_exit))
     latents = jnp.moveaxis(out, 0, 1).reshape(noise.shape)
     n = schedule.NUM_TRAIN_TIMESTEPS
     idx = schedule.table_index(ts)

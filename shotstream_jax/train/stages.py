@@ -206,14 +206,15 @@ def student_velocity(cfg, dit: WanDiT, ex, x: jax.Array, t: jax.Array) -> jax.Ar
     return v[0]
 
 
-def rollout(cfg, dit: WanDiT, ex, key: jax.Array) -> jax.Array:
+def rollout(cfg, dit: WanDiT, ex, key: jax.Array, grad: bool = True) -> jax.Array:
     """Self-Forcing rollout of the target shot with the dual cache (`student.rollout_shot`).
 
     The global cache is filled from the example's context at t=0; every chunk
     is denoised up to one exit step drawn here and shared by all chunks; only
     the exit-step predictions carry gradients, through the weights and the
     target prompt's text K/V (earlier steps and cache passes use
-    stop_gradient(params)). Returns x0 [T, h, w, C].
+    stop_gradient(params)); `grad=False` when nothing differentiates the
+    result (the exit passes are not run again). Returns x0 [T, h, w, C].
     """
     s = cfg.shotstream
     fc, shape = ex["context"].shape[0], ex["target"].shape
@@ -229,7 +230,7 @@ def rollout(cfg, dit: WanDiT, ex, key: jax.Array) -> jax.Array:
     target_kv = dit.encode_text(ex["text"][ex["target_shot"]][None])
     x, _, _, _ = student_lib.rollout_shot(
         graphdef, state, cache, jax.random.normal(k_noise, (1,) + shape, jnp.float32), k_steps, target_kv,
-        ex["context_shot"][-1] + 1, exit_step, theta, ts, s.chunk_frames)
+        ex["context_shot"][-1] + 1, exit_step, theta, ts, s.chunk_frames, grad)
     return x[0]
 
 
@@ -445,13 +446,14 @@ class DmdStage(Stage):
         return {"real": self.teacher_params(),
                 "uncond": jax.device_put(negative_embedding(cfg), sharding.replicated(self.mesh))}
 
-    def _generated(self, state, ex, key):
+    def _generated(self, state, ex, key, grad: bool = True):
         """Rolled-out target latents of the example ([T, h, w, C]) and the example it conditions on
-        (after context dropout, which the generator and both scores then share, as in the reference)."""
+        (after context dropout, which the generator and both scores then share, as in the reference).
+        `grad`: the latents are differentiated w.r.t. the generator (its update, not the critic's)."""
         k_drop, k_roll = jax.random.split(key)
         ex = drop_context(ex, k_drop, self.cfg.train.context_dropout)
         dit = self.gen.module(state["gen"], state["gen_frozen"])
-        return rollout(self.cfg, dit, ex, k_roll), ex
+        return rollout(self.cfg, dit, ex, k_roll, grad), ex
 
     def _teacher_fns(self, consts, critic, critic_frozen, ex):
         real = nnx.merge(self.critic.full_graphdef, consts["real"])
@@ -490,7 +492,7 @@ class DmdStage(Stage):
 
         def loss_fn(critic, ex, k):
             k_roll, k_c = jax.random.split(k)
-            x, ex = self._generated(state, ex, k_roll)
+            x, ex = self._generated(state, ex, k_roll, grad=False)
             x = jax.lax.stop_gradient(x)
             _, _, fake_v = self._teacher_fns(consts, critic, state["critic_frozen"], ex)
             return losses.critic_loss(x, k_c, fake_v, min_t=t.min_t, max_t=t.max_t,
