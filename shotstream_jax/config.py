@@ -78,7 +78,10 @@ def get_config(size: str = "toy", stage: str = "teacher") -> ml_collections.Conf
     c.train = ml_collections.ConfigDict(dict(
         steps=10 if toy else 30000, batch_size=1, seed=0, lr=1e-5, warmup_steps=0, lr_decay="none",  # or "cosine"
         log_every=1, checkpoint_every=5 if toy else 500, keep_checkpoints=3,
-        grad_accum=1))  # micro-batches per step: batch_size is the global batch whatever the device count
+        grad_accum=1,   # micro-batches per step: batch_size is the global batch whatever the device count
+        # CFG's unconditional text: the reference's negative prompt, or "zeros" (what text dropout
+        # trains) for a model trained from scratch, which never sees the negative prompt.
+        uncond_text="zeros" if size == "shapes" else "negative_prompt"))
     c.data = ml_collections.ConfigDict(dict(
         manifest="",             # reference CSV; empty: a toy dataset is generated in the workdir
         latents_dir="",          # pre-encoded examples (shotstream_jax.data.preencode); wins over manifest

@@ -84,3 +84,20 @@ def test_lr_schedules_follow_their_formulas():
     cfg.train.lr_decay = "linear"
     with pytest.raises(ValueError, match="lr_decay must be 'none' or 'cosine'"):
         stages.lr_schedule(cfg, lr)
+
+
+def test_uncond_text_is_the_negative_prompt_or_zeros():
+    """Reference: the toy text encoder's embedding of the reference negative prompt (the default), the
+    all-zero embedding that text dropout trains (the Shapes world's choice), and a clear error otherwise."""
+    from shotstream_jax.data import pipeline
+    cfg = get_config("toy", "dmd_intra")
+    _, encode_text = pipeline.encoders(cfg)
+    np.testing.assert_array_equal(np.asarray(stages.negative_embedding(cfg)),
+                                  encode_text([pipeline.NEGATIVE_PROMPT])[0])
+    assert get_config("shapes", "dmd_intra").train.uncond_text == "zeros"
+    cfg.train.uncond_text = "zeros"
+    z = np.asarray(stages.negative_embedding(cfg))
+    assert z.shape == (cfg.model.text_len, cfg.model.text_dim) and not z.any()
+    cfg.train.uncond_text = "empty"
+    with pytest.raises(ValueError, match="uncond_text must be 'negative_prompt' or 'zeros'"):
+        stages.negative_embedding(cfg)

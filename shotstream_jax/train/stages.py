@@ -610,7 +610,13 @@ STAGES = {"teacher": TeacherStage, "ode_init": OdeInitStage, "dmd_intra": DmdSta
 
 
 def negative_embedding(cfg) -> jax.Array:
-    """Text embedding of the reference's negative prompt, the unconditional branch of CFG: [L, Dt]."""
+    """The unconditional branch of CFG: [L, Dt]. The reference's negative prompt, embedded, or
+    (train.uncond_text="zeros") the all-zero embedding that text dropout trains: a model trained from
+    scratch never sees the negative prompt, and CFG away from it draws noise."""
+    if cfg.train.uncond_text == "zeros":
+        return jnp.zeros((cfg.model.text_len, cfg.model.text_dim), jnp.float32)
+    if cfg.train.uncond_text != "negative_prompt":
+        raise ValueError(f"train.uncond_text must be 'negative_prompt' or 'zeros', got {cfg.train.uncond_text!r}")
     if cfg.data.latents_dir:
         path = checkpoint.as_path(cfg.data.latents_dir) / "negative_text.npy"
         try:
