@@ -157,3 +157,41 @@ def test_sigterm_checkpoints_and_resumes(tmp_path):
     a, b = _losses(full), _losses(part)
     assert sorted(b) == [1, 2, 3, 4, 5]
     np.testing.assert_allclose([b[k] for k in a], [a[k] for k in a], rtol=1e-5)
+
+
+_ROWS_WORKER = """
+import jax, numpy as np, ml_collections
+from shotstream_jax import sharding
+sharding.maybe_initialize_distributed()
+for data, tensor in ((1, 8), (2, 4)):
+    mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=data, fsdp=1, context=1, tensor=tensor, dcn_data=1)))
+    first, count = sharding.process_rows(mesh, 4)
+    rows = np.arange(first, first + count, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
+    x = sharding.shard_batch(mesh, {"x": rows}, 4)["x"]
+    for s in x.addressable_shards:
+        want = np.arange(4, dtype=np.float32)[s.index[0]][:, None] * np.ones((1, 3), np.float32)
+        assert np.array_equal(np.asarray(s.data), want), (data, tensor, s.device, s.index, np.asarray(s.data))
+    hosts = {d.process_index for d in mesh.devices[0].flat}
+    print("ok", data, tensor, jax.process_index(), first, count, len(hosts), flush=True)
+"""
+
+
+def test_batch_rows_when_a_batch_shard_spans_hosts(tmp_path):
+    """The issue's reproduction (2 processes x 4 devices, mesh 1x1x8: every batch shard lives on both hosts)
+    and data=2 x tensor=4. Reference: the global batch written out, row r = r. Every device's shard must hold
+    its own rows of it, whichever process loaded them (loading per data-parallel group, not per process)."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for i in range(2):
+        env = dict(_env(4), JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))
+        procs.append(subprocess.Popen([sys.executable, "-c", _ROWS_WORKER], cwd=REPO, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+    lines = sorted(l.split()[1:] for out in outs for l in out.splitlines() if l.startswith("ok "))
+    # 1x1x8: one batch shard on both hosts, so both load all 4 rows; 2x4: a host per data shard, 2 rows each.
+    assert lines == [["1", "8", "0", "0", "4", "2"], ["1", "8", "1", "0", "4", "2"],
+                     ["2", "4", "0", "0", "2", "1"], ["2", "4", "1", "2", "2", "1"]], outs
