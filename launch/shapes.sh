@@ -73,6 +73,8 @@ say "ablation: the final student without its global context cache (no memory of 
 score no_global_context "$RUN/model" --no_global_context "${A[@]}"
 say "ablation: the final student without the RoPE shot phase"
 score no_shot_phase "$RUN/model" --no_shot_phase "${A[@]}"
+say "ablation: the bidirectional teacher, shot by shot with many steps and CFG"
+score teacher "" --teacher="$RUN/teacher/export" --encoder_dir="$RUN/vae/export" "${A[@]}"
 for m in dmd_intra ode_init; do
   say "ablation: the student after $m"
   score "$m" "$RUN/$m/export" "${A[@]}"

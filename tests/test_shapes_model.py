@@ -84,3 +84,68 @@ def test_default_model_is_the_shipped_directory_when_present(tmp_path, monkeypat
     monkeypatch.setattr(default_model, "SHIPPED", str(tmp_path / "shipped"))
     pipe = ShotStream.load()
     assert (pipe.height, pipe.width, pipe.fps) == (64, 64, 16)
+
+
+def _three_shot_story():
+    return next(s for s in (shapes.make_story(3, i, size=16) for i in range(50)) if len(s.shots) >= 3)
+
+
+def test_teacher_story_builds_every_shot_as_training_does():
+    """Reference: the examples written out here from the story's own earlier shots (frames picked by
+    context.sample_context, each encoded alone; prompts by text.shot_prompt), and the first shot in the
+    context-dropout form (zero context, RoPE shot 0). The stand-in sampler returns a latent that the
+    stand-in decoder maps to the world's ground-truth shot, so the history the teacher sees is known."""
+    from shotstream_jax import context
+    from shotstream_jax.eval import shapes as eval_shapes
+    from shotstream_jax.text import shot_prompt
+    story = _three_shot_story()
+    gt = shapes.render_story(story, shot_frames=9, size=16)
+    cfg = get_config("shapes", "ode_pairs")
+    cfg.model.update(text_len=4, text_dim=3)
+    seen = []
+
+    def sample_shot(ex, key):
+        seen.append(ex)
+        return len(seen) - 1
+
+    encode_video = lambda v: v[:1, :2, :2, :1].sum(axis=(1, 2))[:, None, None] + 1000.0
+    encode_text = lambda prompts: np.asarray([[[len(p), i, 7]] * 4 for i, p in enumerate(prompts)], np.float32)
+    decode = lambda k: gt[k * 9:(k + 1) * 9].astype(np.float32) / 127.5 - 1.0
+    captions = [s.caption for s in story.shots]
+    out = eval_shapes.teacher_story(cfg, sample_shot, encode_video, encode_text, decode, story.global_caption,
+                                    captions, jax.random.PRNGKey(0))
+    np.testing.assert_array_equal(np.concatenate(out), gt)
+    assert seen[0]["context"] is None and (seen[0]["context_shot"] == 0).all() and seen[0]["target_shot"] == 0
+    for k, ex in enumerate(seen):
+        for i, c in enumerate(captions):
+            assert ex["text"][i, 0].tolist() == [len(shot_prompt(story.global_caption, i, c)), i, 7]
+        assert not ex["text"][len(captions):].any()
+        if k == 0:
+            continue
+        picks = context.sample_context([9] * k, cfg.shotstream.context_frames)
+        frames = np.stack([gt[9 * shot + i] for shot, i in picks]).astype(np.float32) / 127.5 - 1.0
+        np.testing.assert_allclose(ex["context"][:, 0, 0, 0], frames[:, :2, :2, 0].sum(axis=(1, 2)) + 1000.0,
+                                   rtol=1e-6)
+        assert ex["context_shot"].tolist() == [shot for shot, _ in picks] and ex["target_shot"] == k
+
+
+def test_teacher_videos_are_written_and_scored(tmp_path):
+    """End to end on a random toy-sized teacher and VAE: one video per story, of the story's length, then
+    scored by `evaluate` (random weights: only that it runs through and counts every shot)."""
+    from shotstream_jax.eval import shapes as eval_shapes
+    config, dit, vae, text = default_model.build()
+    model_dir.save(str(tmp_path / "m"), dit, vae=vae, text_model=text.model, tokenizer="bytes", config=config)
+    story = _three_shot_story()
+    stories = tmp_path / "stories.json"
+    stories.write_text(json.dumps({"stories": [{"video": "s.mp4", "global_caption": story.global_caption,
+                                                "shots": [s.caption for s in story.shots]}]}))
+    cfg = get_config("toy", "ode_pairs")
+    cfg.model = config.model
+    cfg.train.update(teacher_dir=str(tmp_path / "m"), ode_steps=2, uncond_text="zeros")
+    cfg.data.encoder_dir = str(tmp_path / "m")
+    eval_shapes.generate_teacher_videos(cfg, str(stories), str(tmp_path / "v"))
+    from shotstream_jax.video_io import read_video
+    frames, _ = read_video(str(tmp_path / "v" / "s.mp4"))
+    assert frames.shape == (len(story.shots) * config.video.shot_frames, config.video.height, config.video.width, 3)
+    metrics = eval_shapes.evaluate(str(stories), str(tmp_path / "v"))
+    assert metrics["background_n"] == len(story.shots)

@@ -28,8 +28,11 @@ both make equal-length shots).
     python -m shotstream_jax.eval.shapes --stories=DIR/stories.json --videos=DIR [--output=metrics.json]
     python -m shotstream_jax.eval.shapes --stories=HELDOUT/stories.json --videos=OUT --model=MODEL_DIR
 
-With --model the stories are first generated into --videos (videos already
-there are kept), then scored.
+    python -m shotstream_jax.eval.shapes --stories=... --videos=OUT --teacher=RUN/teacher/export \
+        --encoder_dir=RUN/vae/export
+
+With --model (a student) or --teacher the stories are first generated into
+--videos (videos already there are kept), then scored.
 """
 from __future__ import annotations
 
@@ -241,10 +244,96 @@ def generate_videos(pipe, stories_path: str, out_dir: str, seed: int = 0, limit:
                     w.write(frames)
 
 
+def teacher_story(cfg, sample_shot, encode_video, encode_text, decode, global_caption: str,
+                  captions: Sequence[str], key) -> list[np.ndarray]:
+    """One story drawn by a bidirectional teacher, shot by shot: uint8 frames [shot_frames, H, W, 3] per shot.
+
+    Each shot is one example as training builds it (`data.pipeline.build_example`), from the decoded
+    pixels of the story's own earlier shots: `context.sample_context` picks cfg.shotstream.context_frames
+    of them, each VAE-encoded alone. The first shot has the context-dropout form the teacher learned
+    first shots from (zero context latents, every context frame in RoPE shot 0).
+    `sample_shot(ex, key) -> x0 [T, h, w, C]`; `decode(x0) -> [-1, 1] frames [shot_frames, H, W, 3]`.
+    """
+    import jax
+    from shotstream_jax.data import pipeline
+    from shotstream_jax.text import shot_prompt
+    s, max_shots = cfg.shotstream, cfg.data.max_shots
+    if len(captions) > max_shots:
+        raise ValueError(f"a story of {len(captions)} shots is longer than data.max_shots={max_shots}")
+    text = np.zeros((max_shots, cfg.model.text_len, cfg.model.text_dim), np.float32)
+    text[:len(captions)] = encode_text([shot_prompt(global_caption, i, c) for i, c in enumerate(captions)])
+    shots: list[np.ndarray] = []
+    for k in range(len(captions)):
+        if shots:
+            n = len(shots[0])
+            idx, ctx_shot = pipeline.context_frame_indices([(i * n, (i + 1) * n) for i in range(k)],
+                                                           s.context_frames)
+            history = np.concatenate(shots)[idx].astype(np.float32) / 127.5 - 1.0
+            context = np.concatenate([encode_video(f[None]) for f in history])
+        else:
+            context, ctx_shot = None, np.zeros(s.context_frames, np.int32)
+        ex = dict(context=context, context_shot=ctx_shot, target_shot=np.int32(k), text=text)
+        x0 = sample_shot(ex, jax.random.fold_in(key, k))
+        frames = np.asarray(decode(x0))
+        shots.append(np.clip(np.round((frames + 1.0) * 127.5), 0, 255).astype(np.uint8))
+    return shots
+
+
+def generate_teacher_videos(cfg, stories_path: str, out_dir: str, seed: int = 0, limit: int = 0) -> None:
+    """`teacher_story` for every story of a stories file into `out_dir` (existing videos are kept).
+
+    cfg: a Shapes config with train.teacher_dir (a teacher stage's export/) and data.encoder_dir (the
+    VAE and text encoder's model directory); the teacher samples with train.ode_steps Euler steps and
+    CFG train.ode_guidance against `train.stages.negative_embedding`, as the ODE pairs do.
+    """
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+    from tqdm import tqdm
+    from shotstream_jax import model_dir, sharding
+    from shotstream_jax.data import pipeline
+    from shotstream_jax.train import stages
+    from shotstream_jax.video_io import VideoWriter
+    if not cfg.train.teacher_dir or not cfg.data.encoder_dir:
+        raise ValueError("the teacher's stories need train.teacher_dir and data.encoder_dir")
+    mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:1])
+    graphdef = stages.Net(cfg, "all").full_graphdef
+    params = stages.dit_params(cfg, mesh, cfg.train.teacher_dir, cfg.train.seed)
+    uncond = stages.negative_embedding(cfg)
+    encode_video, encode_text = pipeline.model_encoders(cfg.data.encoder_dir)
+    _, _, vae, _ = model_dir.load_pipeline(cfg.data.encoder_dir)
+    s = cfg.shotstream
+    latent = (s.shot_latent_frames, cfg.video.height // 8, cfg.video.width // 8, vae.cfg.z_dim)
+
+    @jax.jit
+    def sample(params, ex, key):
+        ex = dict(ex, target=jnp.zeros(latent, jnp.float32))
+        if ex["context"] is None:
+            ex["context"] = jnp.zeros((s.context_frames,) + latent[1:], jnp.float32)
+        return stages.ode_trajectory(cfg, nnx.merge(graphdef, params), ex, key, uncond)[1]
+
+    decode = nnx.jit(lambda m, z: m.decode(m.cfg.denormalize(z[None]))[0])
+    os.makedirs(out_dir, exist_ok=True)
+    for i, st in enumerate(tqdm(load_stories(stories_path)[:limit or None], desc="teacher", unit="story")):
+        path = os.path.join(out_dir, st["video"])
+        if os.path.exists(path):
+            continue
+        shots = teacher_story(cfg, lambda ex, k: sample(params, ex, k), encode_video, encode_text,
+                              lambda z: decode(vae, z), st["global_caption"], st["shots"],
+                              jax.random.fold_in(jax.random.PRNGKey(seed), i))
+        with VideoWriter(path, fps=cfg.video.fps) as w:
+            for frames in shots:
+                w.write(frames)
+
+
 def main(argv):
     del argv
-    from absl import flags
+    from absl import app, flags
     f = flags.FLAGS
+    if f.model and f.teacher:
+        raise app.UsageError("give --model (a student) or --teacher, not both")
+    if f.teacher and not f.encoder_dir:
+        raise app.UsageError("--teacher needs --encoder_dir (the model directory of the VAE and text encoder)")
     if f.model:
         from shotstream_jax import ShotStream
         pipe = ShotStream.load(None if f.model == "default" else f.model)
@@ -253,6 +342,13 @@ def main(argv):
         if f.no_global_context:  # ablation: every shot starts with the first shot's empty history
             pipe.global_context = False
         generate_videos(pipe, f.stories, f.videos, f.seed, f.limit)
+    elif f.teacher:
+        from shotstream_jax.config import get_config
+        cfg = get_config("shapes", "ode_pairs")
+        cfg.train.teacher_dir, cfg.data.encoder_dir = f.teacher, f.encoder_dir
+        if f.teacher_steps:
+            cfg.train.ode_steps = f.teacher_steps
+        generate_teacher_videos(cfg, f.stories, f.videos, f.seed, f.limit)
     metrics = evaluate(f.stories, f.videos, f.limit)
     for m in sorted(metrics):
         if not m.endswith("_n"):
@@ -275,6 +371,11 @@ if __name__ == "__main__":
     flags.DEFINE_bool("no_shot_phase", False, "Generate without the RoPE shot phase (ablation; with --model).")
     flags.DEFINE_bool("no_global_context", False, "Generate every shot without the global context cache of "
                       "earlier shots (memory ablation; with --model).")
+    flags.DEFINE_string("teacher", "", "Generate the stories first with this bidirectional teacher (a teacher "
+                        "stage's export/), shot by shot with many steps and CFG, into --videos.")
+    flags.DEFINE_string("encoder_dir", "", "With --teacher: the model directory of the VAE and text encoder "
+                        "(the vae stage's export/).")
+    flags.DEFINE_integer("teacher_steps", 0, "With --teacher: Euler steps per shot (0: the ode_pairs config's).")
     flags.DEFINE_string("output", "", "Also write the metrics as JSON here.")
     flags.mark_flags_as_required(["stories", "videos"])
     app.run(main)
