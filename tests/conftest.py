@@ -7,6 +7,7 @@ import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
+import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
@@ -18,3 +19,17 @@ def run_python(*args, stdin=None, timeout=600):
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, input=stdin,
                           env=env, cwd=REPO, timeout=timeout)
+
+
+def default_video() -> tuple[int, int, int]:
+    """(frames per shot, height, width) of the package's default model: the shipped Shapes model's
+    config when the package has one, else the toy's."""
+    from shotstream_jax import default_model
+    from shotstream_jax.config import get_config
+    path = os.path.join(default_model.SHIPPED, "config.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            v = json.load(f)["config"]["video"]
+    else:
+        v = get_config("toy", "generate").video
+    return v["shot_frames"], v["height"], v["width"]

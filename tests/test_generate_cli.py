@@ -1,12 +1,13 @@
 """shotstream-generate end to end on the default model: the mp4 read back with imageio's ffmpeg
-reader has 81 frames per shot at 16 fps; bad input fails fast with one clean line and no file."""
+reader has the model's frames per shot and size at 16 fps; bad input fails fast with one clean line
+and no file."""
 import json
 import os
 
 import pytest
 
 from shotstream_jax.video_io import read_video
-from tests.conftest import run_python
+from tests.conftest import default_video, run_python
 
 GEN = ("-m", "shotstream_jax.cli.generate", "--noprogress")
 
@@ -20,24 +21,28 @@ def _clean_failure(r, *needles):
 
 def test_story_file(tmp_path):
     story = tmp_path / "story.json"
-    story.write_text(json.dumps({"global_caption": "A lighthouse in a storm.",
-                                 "shot1": "Waves crash on the rocks.", "shot2": "The lamp turns."}))
+    story.write_text(json.dumps({"global_caption": "A story about one character.",
+                                 "shot1": "wide shot of a white square moving left on a green background",
+                                 "shot2": "close-up of the same character standing still on a red background"}))
     out = tmp_path / "story.mp4"
     r = run_python(*GEN, f"--story={story}", f"--out={out}", "--seed=3")
     assert r.returncode == 0, r.stderr
+    n, h, w = default_video()
     frames, fps = read_video(str(out))
-    assert frames.shape == (162, 32, 32, 3) and fps == 16
-    assert "162 frames" in r.stdout and "FPS" in r.stdout
+    assert frames.shape == (2 * n, h, w, 3) and fps == 16
+    assert f"{2 * n} frames" in r.stdout and "FPS" in r.stdout
     assert set(os.listdir(tmp_path)) == {"story.json", "story.mp4"}  # no temporary left behind
 
 
 def test_interactive_stdin(tmp_path):
     out = tmp_path / "live.mp4"
     r = run_python(*GEN, "--interactive", f"--out={out}",
-                   stdin="A desert road at noon.\nA car approaches.\n\nignored after the empty line\n")
+                   stdin="A story about one character.\nwide shot of a yellow triangle moving up on a black background\n"
+                         "\nignored after the empty line\n")
     assert r.returncode == 0, r.stderr
+    n, h, w = default_video()
     frames, fps = read_video(str(out))
-    assert frames.shape == (81, 32, 32, 3) and fps == 16
+    assert frames.shape == (n, h, w, 3) and fps == 16
 
 
 @pytest.mark.parametrize("content, needle", [

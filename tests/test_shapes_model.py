@@ -149,3 +149,22 @@ def test_teacher_videos_are_written_and_scored(tmp_path):
     assert frames.shape == (len(story.shots) * config.video.shot_frames, config.video.height, config.video.width, 3)
     metrics = eval_shapes.evaluate(str(stories), str(tmp_path / "v"))
     assert metrics["background_n"] == len(story.shots)
+
+
+def test_vae_stage_goes_on_from_a_model_directory(tmp_path):
+    """Reference: the VAE saved in a model directory here; vae_shots starts from its weights (and Adam
+    from zero moments), and a folder without a VAE fails with one clear error."""
+    from shotstream_jax import sharding
+    from shotstream_jax.train import stages
+    config, dit, vae, text = default_model.build()
+    model_dir.save(str(tmp_path / "m"), dit, vae=vae, text_model=text.model, tokenizer="bytes", config=config)
+    cfg = get_config("shapes", "vae")
+    cfg.vae.update(base_dim=8, dim_mult=(1, 2, 2, 2), num_res_blocks=1)
+    cfg.train.init_dir = str(tmp_path / "m")
+    state, _ = stages.VaeStage(cfg, sharding.make_mesh(cfg.mesh)).init_state()
+    want = nnx.state(vae).to_pure_dict()
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state["gen"]), want)
+    assert not any(np.asarray(m).any() for m in jax.tree.leaves(state["gen_opt"]) if np.ndim(m) > 0)
+    cfg.train.init_dir = str(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no vae/"):
+        stages.VaeStage(cfg, sharding.make_mesh(cfg.mesh)).init_state()

@@ -18,7 +18,7 @@ import pytest
 
 from shotstream_jax.video_io import read_video
 
-from .conftest import REPO
+from .conftest import REPO, default_video
 
 pytestmark = pytest.mark.heavy
 
@@ -97,6 +97,7 @@ def wait_for(driver, script, timeout=180.0):
                        + driver.execute_script("return document.body.innerText"))
 
 
+N = default_video()[0]    # frames per shot of the default model
 ALL_DONE = "[...document.querySelectorAll('#shots .shot')].every(c => c.dataset.state === 'done')"
 
 
@@ -112,26 +113,26 @@ def test_page_story_rewind_branch_download(server, browser, tmp_path):
     d = browser
     d.get(server)
     wait_for(d, "window.studio && window.studio.info")
-    d.find_element(By.ID, "caption").send_keys("A rainy night in a neon city.")
+    d.find_element(By.ID, "caption").send_keys("A story about one character.")
     prompt = d.find_element(By.ID, "prompt")
-    prompt.send_keys("Wide shot of an empty street.")
+    prompt.send_keys("wide shot of a red circle moving right on a blue background")
     d.find_element(By.ID, "add").click()
     wait_for(d, "window.studio.state && window.studio.state.shots.length === 1")
-    prompt.send_keys("Close-up of her face under a red umbrella.", Keys.ENTER)  # typed while shot 1 runs
+    prompt.send_keys("close-up of the same character standing still on a yellow background", Keys.ENTER)  # typed while shot 1 runs
 
     # Mid-story: shot 1 plays while shot 2 is being made (on a fresh server its first pass compiles).
-    wait_for(d, "window.studio.received[0] === 81 && window.studio.shown && window.studio.shown.n > 8")
+    wait_for(d, f"window.studio.received[0] === {N} && window.studio.shown && window.studio.shown.n > 8")
     shot = tmp_path / "studio.png"
     assert d.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
     if os.environ.get("SHOTSTREAM_STUDIO_SCREENSHOT"):
         shutil.copy(shot, os.environ["SHOTSTREAM_STUDIO_SCREENSHOT"])
 
     # Frames arrive for both shots, the timeline shows both with a thumbnail, and the story plays.
-    wait_for(d, "window.studio.received[0] === 81 && window.studio.received[1] === 81")
+    wait_for(d, f"window.studio.received[0] === {N} && window.studio.received[1] === {N}")
     wait_for(d, "document.querySelectorAll('#shots .shot img').length === 2 && " + ALL_DONE + " && "
                 "[...document.querySelectorAll('#shots img')].every(i => i.complete && i.naturalWidth > 0)")
-    assert cards(d) == [["done", "Wide shot of an empty street.", True],
-                        ["done", "Close-up of her face under a red umbrella.", True]]
+    assert cards(d) == [["done", "wide shot of a red circle moving right on a blue background", True],
+                        ["done", "close-up of the same character standing still on a yellow background", True]]
     wait_for(d, "window.studio.shown && window.studio.shown.shot === 1 && window.studio.shown.n > 20")
     status = d.find_element(By.ID, "status").text
     assert status == "done · 2 shots" and "fps generated" in d.find_element(By.ID, "fps").text
@@ -141,18 +142,18 @@ def test_page_story_rewind_branch_download(server, browser, tmp_path):
     d.find_elements(By.CSS_SELECTOR, "#shots .shot button.rewind")[0].click()
     wait_for(d, "document.querySelectorAll('#shots .shot').length === 1")
     assert 1 not in d.execute_script("return Object.keys(window.studio.received).map(Number)")
-    prompt.send_keys("Neon signs flicker above the wet street.", Keys.ENTER)
-    wait_for(d, "window.studio.received[1] === 81 && document.querySelectorAll('#shots .shot').length === 2 && "
+    prompt.send_keys("wide shot of the same character moving up on a green background", Keys.ENTER)
+    wait_for(d, f"window.studio.received[1] === {N} && document.querySelectorAll('#shots .shot').length === 2 && "
                 + ALL_DONE)
-    assert cards(d) == [["done", "Wide shot of an empty street.", True],
-                        ["done", "Neon signs flicker above the wet street.", True]]
+    assert cards(d) == [["done", "wide shot of a red circle moving right on a blue background", True],
+                        ["done", "wide shot of the same character moving up on a green background", True]]
     assert d.find_element(By.ID, "error").text == ""
 
     # A reload finds the tab's story again.
     d.refresh()
     wait_for(d, "document.querySelectorAll('#shots .shot img').length === 2 && " + ALL_DONE)
-    assert cards(d)[1][1] == "Neon signs flicker above the wet street."
-    assert d.find_element(By.ID, "caption").get_attribute("value") == "A rainy night in a neon city."
+    assert cards(d)[1][1] == "wide shot of the same character moving up on a green background"
+    assert d.find_element(By.ID, "caption").get_attribute("value") == "A story about one character."
 
     # Download the story: the two shots' frames, as mp4.
     d.find_element(By.ID, "download").click()
@@ -161,4 +162,4 @@ def test_page_story_rewind_branch_download(server, browser, tmp_path):
         assert time.monotonic() < deadline, os.listdir(d.downloads)
         time.sleep(0.2)
     frames, fps = read_video(mp4s[0])
-    assert frames.shape[0] == 2 * 81 and fps == 16
+    assert frames.shape[0] == 2 * N and fps == 16

@@ -18,6 +18,7 @@ Networks:
 from __future__ import annotations
 
 import logging
+import os
 
 import jax
 import jax.numpy as jnp
@@ -709,8 +710,9 @@ class VaeStage(Stage):
         self.src = VideoClipSource(clips, self.cfg)
         return self.src
 
-    def _init(self):
-        params = nnx.state(self.make(self.vae_cfg, self.cfg.train.seed)).to_pure_dict()
+    def _init(self, params=None):
+        if params is None:
+            params = nnx.state(self.make(self.vae_cfg, self.cfg.train.seed)).to_pure_dict()
         return {"step": jnp.zeros((), jnp.int32), "gen": params, "gen_frozen": {}, "gen_opt": self.tx.init(params)}
 
     def abstract_state(self):
@@ -718,8 +720,21 @@ class VaeStage(Stage):
         return abstract, jax.tree.map(lambda _: sharding.replicated(self.mesh), abstract)
 
     def init_state(self):
+        """Fresh weights from train.seed, or (train.init_dir: a model directory, e.g. an earlier vae
+        stage's export/) its VAE's weights, to go on training on other clips."""
         _, sh = self.abstract_state()
-        return jax.jit(self._init, out_shardings=sh)(), sh
+        params = None
+        if self.cfg.train.init_dir:
+            path = os.path.join(self.cfg.train.init_dir, "vae")
+            if not os.path.isdir(path):
+                raise FileNotFoundError(f"{self.cfg.train.init_dir}: not a model directory with a VAE (no vae/)")
+            try:
+                vae = checkpoint.load_state(path, lambda: self.make(self.vae_cfg, 0))
+            except (ValueError, KeyError) as e:
+                raise ValueError(f"{self.cfg.train.init_dir}: its VAE does not match the config's vae "
+                                 f"section ({e})") from e
+            params = nnx.state(vae).to_pure_dict()
+        return jax.jit(self._init, out_shardings=sh)(params), sh
 
     def loss(self, params, batch, key=None):
         """(squared + absolute reconstruction error + latent penalty, {l1, psnr}) of a batch of clips."""
