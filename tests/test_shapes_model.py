@@ -168,3 +168,22 @@ def test_vae_stage_goes_on_from_a_model_directory(tmp_path):
     cfg.train.init_dir = str(tmp_path)
     with pytest.raises(FileNotFoundError, match="no vae/"):
         stages.VaeStage(cfg, sharding.make_mesh(cfg.mesh)).init_state()
+
+
+def test_the_shipped_default_model_draws_a_two_shot_story():
+    """Reference: the captions, read back from the decoded pixels by eval/shapes.read_shot (which scores the
+    world's ground truth 1.0): the package's default model is the trained Shapes-world student, and the
+    backgrounds of held-out story 26 (data/shapes.py seed 1, never trained on) are its captions' (the
+    shipped student gets 69% of held-out backgrounds right; benchmarks/RESULTS.md)."""
+    import os
+    from shotstream_jax.eval import shapes as eval_shapes
+    assert os.path.isfile(os.path.join(default_model.SHIPPED, "config.json")), "no trained default model shipped"
+    story = shapes.make_story(1, 26)
+    assert story.global_caption == "Characters in several shots."
+    pipe = ShotStream.load()
+    assert (pipe.height, pipe.width, pipe.fps) == (64, 64, 16)
+    session = pipe.session(story.global_caption, seed=0)
+    for shot in story.shots[:2]:
+        frames = np.concatenate(list(session.next_shot(shot.caption)))
+        assert frames.shape == (33, 64, 64, 3)
+        assert eval_shapes.read_shot(frames)["background"] == shapes.parse_caption(shot.caption)["background"]
