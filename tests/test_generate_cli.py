@@ -31,6 +31,7 @@ def test_story_file(tmp_path):
     frames, fps = read_video(str(out))
     assert frames.shape == (2 * n, h, w, 3) and fps == 16
     assert f"{2 * n} frames" in r.stdout and "FPS" in r.stdout
+    assert "orbax" not in r.stderr     # loading the model stays quiet (no INFO logs) without --verbosity
     assert set(os.listdir(tmp_path)) == {"story.json", "story.mp4"}  # no temporary left behind
 
 

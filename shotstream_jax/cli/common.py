@@ -18,6 +18,14 @@ def config():
     return flags.FLAGS.config
 
 
+def quiet_logs() -> None:
+    """Warnings and errors only, unless --verbosity was given: loading a model directory otherwise
+    prints dozens of orbax INFO lines before the user's output."""
+    from absl import logging
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+
+
 def fail(prog: str, message: str) -> int:
     """Print one clean error line (no traceback) and return the exit code."""
     print(f"{prog}: error: {message}", file=sys.stderr)

@@ -16,6 +16,8 @@ import time
 
 from absl import app, flags
 
+from shotstream_jax.cli import common
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("story", None, "Story JSON file (see --helpfull for the format).")
 flags.DEFINE_bool("interactive", False, "Read shot prompts from stdin, one per line, generating each "
@@ -58,6 +60,7 @@ def generate(pipe, global_caption, prompts, writer, seed, progress=True):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    common.quiet_logs()
     from shotstream_jax.pipeline import ShotStream
     from shotstream_jax.story import StoryError, check_prompt, load_story
     from shotstream_jax.video_io import VideoWriter

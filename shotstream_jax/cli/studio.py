@@ -14,7 +14,7 @@ import sys
 
 from absl import app, flags
 
-from shotstream_jax.cli.common import fail
+from shotstream_jax.cli.common import fail, quiet_logs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "Model directory (default: the bundled default model).")
@@ -27,6 +27,7 @@ PROG = "shotstream-studio"
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    quiet_logs()
     if not 0 < FLAGS.port < 65536:
         raise app.UsageError(f"--port must be in 1..65535, got {FLAGS.port}")
     try:  # before minutes of model loading: is the address ours to listen on?
