@@ -192,6 +192,11 @@ def model_encoders(path: str) -> tuple[Callable, Callable]:
     """(encode_video, encode_text) from a full model directory: its Wan VAE (normalised latents) and umT5."""
     from shotstream_jax import model_dir
     _, _, vae, text_encoder = model_dir.load_pipeline(path)
+    return encoders_of(vae, text_encoder)
+
+
+def encoders_of(vae, text_encoder) -> tuple[Callable, Callable]:
+    """(encode_video, encode_text) of a loaded VAE and text encoder, as `model_encoders`."""
     encode = nnx.jit(lambda m, v: m.cfg.normalize(m.encode(v)))
 
     def encode_video(video: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ both make equal-length shots).
     python -m shotstream_jax.eval.shapes --stories=HELDOUT/stories.json --videos=OUT --model=MODEL_DIR
 
     python -m shotstream_jax.eval.shapes --stories=... --videos=OUT --teacher=RUN/teacher/export \
-        --encoder_dir=RUN/vae/export
+        --encoder_dir=RUN/vae_shots/export
 
 With --model (a student) or --teacher the stories are first generated into
 --videos (videos already there are kept), then scored.
@@ -300,8 +300,8 @@ def generate_teacher_videos(cfg, stories_path: str, out_dir: str, seed: int = 0,
     graphdef = stages.Net(cfg, "all").full_graphdef
     params = stages.dit_params(cfg, mesh, cfg.train.teacher_dir, cfg.train.seed)
     uncond = stages.negative_embedding(cfg)
-    encode_video, encode_text = pipeline.model_encoders(cfg.data.encoder_dir)
-    _, _, vae, _ = model_dir.load_pipeline(cfg.data.encoder_dir)
+    _, _, vae, text_encoder = model_dir.load_pipeline(cfg.data.encoder_dir)
+    encode_video, encode_text = pipeline.encoders_of(vae, text_encoder)
     s = cfg.shotstream
     latent = (s.shot_latent_frames, cfg.video.height // 8, cfg.video.width // 8, vae.cfg.z_dim)
 
@@ -374,7 +374,7 @@ if __name__ == "__main__":
     flags.DEFINE_string("teacher", "", "Generate the stories first with this bidirectional teacher (a teacher "
                         "stage's export/), shot by shot with many steps and CFG, into --videos.")
     flags.DEFINE_string("encoder_dir", "", "With --teacher: the model directory of the VAE and text encoder "
-                        "(the vae stage's export/).")
+                        "(the vae_shots stage's export/).")
     flags.DEFINE_integer("teacher_steps", 0, "With --teacher: Euler steps per shot (0: the ode_pairs config's).")
     flags.DEFINE_string("output", "", "Also write the metrics as JSON here.")
     flags.mark_flags_as_required(["stories", "videos"])

@@ -18,7 +18,6 @@ Networks:
 from __future__ import annotations
 
 import logging
-import os
 
 import jax
 import jax.numpy as jnp
@@ -725,11 +724,11 @@ class VaeStage(Stage):
         _, sh = self.abstract_state()
         params = None
         if self.cfg.train.init_dir:
-            path = os.path.join(self.cfg.train.init_dir, "vae")
-            if not os.path.isdir(path):
+            path = checkpoint.as_path(self.cfg.train.init_dir) / "vae"
+            if not path.is_dir():
                 raise FileNotFoundError(f"{self.cfg.train.init_dir}: not a model directory with a VAE (no vae/)")
             try:
-                vae = checkpoint.load_state(path, lambda: self.make(self.vae_cfg, 0))
+                vae = checkpoint.load_state(str(path), lambda: self.make(self.vae_cfg, 0))
             except (ValueError, KeyError) as e:
                 raise ValueError(f"{self.cfg.train.init_dir}: its VAE does not match the config's vae "
                                  f"section ({e})") from e
