@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The Shapes world, trained end to end from scratch with the ordinary stages:
-#   world data -> VAE (9-frame clips, then whole shots) -> (pre-encode) -> teacher -> ODE pairs -> ODE init -> intra-shot DMD
+#   world data -> VAE (9-frame clips, then whole shots) -> text encoder word order -> (pre-encode) -> teacher -> ODE pairs -> ODE init -> intra-shot DMD
 #   -> inter-shot DMD -> export (RUN/model, a model directory) -> scores on 50 held-out stories.
 #
 #   launch/shapes.sh RUN_DIR             the full run (about 2 h on 2 CPU cores; stage times in the README)
@@ -41,13 +41,15 @@ train vae vae --config.data.manifest="$RUN/data/manifest.csv" \
 # The VAE goes on from 9-frame clips to whole shots (configs/shapes/vae_shots.py says why).
 train vae_shots vae_shots --config.data.manifest="$RUN/data/manifest.csv" \
   --config.text_encoder.tokenizer="$RUN/data/tokenizer.json" --config.train.init_dir="$RUN/vae/export"
-ENC=(--config.data.encoder_dir="$RUN/vae_shots/export" --config.data.latents_dir="$RUN/latents")
+# The random umT5 learns the prompts' word order (configs/shapes/text.py says why).
+train text text --config.data.manifest="$RUN/data/manifest.csv" --config.train.init_dir="$RUN/vae_shots/export"
+ENC=(--config.data.encoder_dir="$RUN/text/export" --config.data.latents_dir="$RUN/latents")
 
 if [ ! -d "$RUN/latents" ]; then
   say "pre-encoding the world with the trained VAE and the text encoder"
   rm -rf "$RUN/latents.tmp"
   $PY -m shotstream_jax.data.preencode --config=configs/shapes/teacher.py --out="$RUN/latents.tmp" \
-    --config.data.manifest="$RUN/data/manifest.csv" --config.data.encoder_dir="$RUN/vae_shots/export"
+    --config.data.manifest="$RUN/data/manifest.csv" --config.data.encoder_dir="$RUN/text/export"
   mv "$RUN/latents.tmp" "$RUN/latents"
 fi
 
@@ -79,7 +81,7 @@ score no_global_context "$RUN/model" --no_global_context "${A[@]}"
 say "ablation: the final student without the RoPE shot phase"
 score no_shot_phase "$RUN/model" --no_shot_phase "${A[@]}"
 say "ablation: the bidirectional teacher, shot by shot with many steps and CFG"
-score teacher "" --teacher="$RUN/teacher/export" --encoder_dir="$RUN/vae_shots/export" "${A[@]}"
+score teacher "" --teacher="$RUN/teacher/export" --encoder_dir="$RUN/text/export" "${A[@]}"
 for m in dmd_intra ode_init; do
   say "ablation: the student after $m"
   score "$m" "$RUN/$m/export" "${A[@]}"

@@ -14,8 +14,9 @@ import ml_collections
 from shotstream_jax.models.wan_dit import WanDiTConfig
 
 STAGES = ("teacher", "ode_pairs", "ode_init", "dmd_intra", "dmd_inter", "generate")
-# Stages only some sizes have: "vae" trains a VAE where no pretrained one exists (configs/shapes).
-EXTRA_STAGES = ("vae",)
+# Stages only some sizes have: "vae" trains a VAE and "text" teaches umT5 word order where no
+# pretrained ones exist (configs/shapes).
+EXTRA_STAGES = ("vae", "text")
 
 # size -> (DiT size, DiT overrides, video (height, width)).
 _SIZES = {
@@ -72,6 +73,10 @@ def get_config(size: str = "toy", stage: str = "teacher") -> ml_collections.Conf
         c.video.shot_frames = 33
         c.shotstream.shot_latent_frames = 9
         c.shotstream.first_shot_context = "zeros"   # what dmd_inter rolls the first shot out with
+        # Shift 8 suits Wan's 60x104 latents; on 8x8 latents it leaves only 11% of training noise levels
+        # below sigma 0.5, where a 2-latent-pixel character is decided. Shift 1 (uniform) keeps the
+        # 4-step schedule's structure with steps at sigma 1, 0.74, 0.5, 0.26.
+        c.shotstream.timestep_shift = 1.0
 
     # Device mesh (sharding.py); dcn_data: how many slices the data axis spans (multislice).
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, context=1, tensor=1, dcn_data=1))
@@ -132,6 +137,10 @@ def _add_stage(c: ml_collections.ConfigDict, stage: str, toy: bool) -> None:
         c.text_encoder = ml_collections.ConfigDict(dict(
             tokenizer="",            # tokenizer.json path (data/shapes.py writes the world's); empty: bytes
             num_layers=2, num_heads=2, d_ff=128, num_buckets=32, max_distance=128, seed=7))
+    elif stage == "text":
+        # train/stages.py TextStage: umT5 of train.init_dir learns to predict the words around each token.
+        t.lr, t.b1, t.weight_decay, t.clip_norm = 1e-3, 0.9, 0.0, 1.0
+        t.text_offsets = (-2, -1, 0, 1, 2)   # 0: each token keeps its own word
     elif stage == "teacher":
         t.lr, t.trainable = 1e-5, "self_attn"
         t.context_dropout = t.text_dropout = 0.1

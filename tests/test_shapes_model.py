@@ -187,3 +187,88 @@ def test_the_shipped_default_model_draws_a_two_shot_story():
         frames = np.concatenate(list(session.next_shot(shot.caption)))
         assert frames.shape == (33, 64, 64, 3)
         assert eval_shapes.read_shot(frames)["background"] == shapes.parse_caption(shot.caption)["background"]
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    """A model directory with the world tokenizer and a random tiny umT5, then 600 text-stage steps on the
+    prompts of 30 Shapes stories through the ordinary training loop."""
+    from shotstream_jax.models.umt5 import UMT5Config, UMT5Encoder
+    from shotstream_jax.train import loop
+    tmp = tmp_path_factory.mktemp("text")
+    manifest = shapes.write_dataset(str(tmp / "data"), num_stories=30, seed=5, size=16)
+    tok = str(tmp / "data" / "tokenizer.json")
+    config, dit, vae, _ = default_model.build()
+    vocab = len(shapes.vocabulary()) + 3
+    t5 = UMT5Encoder(UMT5Config.from_size("tiny", vocab_size=vocab, d_model=dit.cfg.text_dim, d_kv=dit.cfg.text_dim // 4),
+                     rngs=nnx.Rngs(7))
+    model_dir.save(str(tmp / "m"), dit, vae=vae, text_model=t5, tokenizer=tok, config=config)
+    cfg = get_config("shapes", "text")
+    cfg.data.manifest = manifest
+    cfg.train.update(init_dir=str(tmp / "m"), steps=600, batch_size=16, checkpoint_every=600)
+    loop.train(cfg, str(tmp / "run"), progress=False)
+    return cfg, tmp
+
+
+@pytest.mark.heavy   # the fixture trains 600 steps and loads two model directories: minutes on a shared 2-core CPU
+def test_text_stage_loss_is_the_word_context_cross_entropy(text_run):
+    """Reference: the cross-entropy of the words at offsets -2..2 of every prompt token, written out with numpy
+    loops over the encoder's outputs (positions past the prompt or outside it are not counted)."""
+    from shotstream_jax import sharding
+    from shotstream_jax.train import stages
+    cfg, tmp = text_run
+    stage = stages.TextStage(cfg, sharding.make_mesh(cfg.mesh))
+    state, _ = stage.init_state()
+    params = jax.device_get(state["gen"])
+    params["heads"] = np.random.default_rng(0).normal(size=params["heads"].shape).astype(np.float32)
+    ex = stage.source(str(tmp))[3]
+    ids, mask = ex["ids"][None], ex["mask"][None]
+    got, aux = jax.jit(stage.loss)(params, ids, mask)
+    h = np.asarray(stage.text_encoder.model(jnp.asarray(ids), jnp.asarray(mask)))[0]
+    n = int(mask.sum())
+    total, count = 0.0, 0
+    for k, o in enumerate(cfg.train.text_offsets):
+        for i in range(n):
+            if 0 <= i + o < n:
+                logits = h[i] @ params["heads"][k]
+                total += np.log(np.sum(np.exp(logits - logits.max()))) + logits.max() - logits[ids[0, i + o]]
+                count += 1
+    assert float(got) == pytest.approx(total / count, rel=1e-4)
+    assert 0.0 <= float(aux["accuracy"]) <= 1.0
+
+
+@pytest.mark.heavy
+def test_text_stage_teaches_the_encoder_which_colour_is_the_background(text_run):
+    """Reference: the random encoder's outputs for `red` as a character's colour and as the background are
+    nearly alike (so a DiT cannot tell the two colour words of a first shot apart); after the stage they
+    differ, the word itself is kept, and the export is the source directory with only umT5 replaced."""
+    from shotstream_jax.text import shot_prompt
+    cfg, tmp = text_run
+    lines = [json.loads(l) for l in open(tmp / "run" / "metrics.jsonl")]
+    assert lines[-1]["step"] == 600 and lines[-1]["accuracy"] > 0.9 > lines[0]["accuracy"]
+
+    def outputs(path):
+        _, dit, vae, text = model_dir.load_pipeline(str(path))
+        a = shot_prompt("A story about one character.", 0, "wide shot of a red circle moving right on a blue background")
+        b = shot_prompt("A story about one character.", 0, "wide shot of a blue circle moving right on a red background")
+        ia, ib = text.tokenize(a)[0], text.tokenize(b)[0]
+        char, bg = np.flatnonzero(ia != ib)
+        ea, eb = np.asarray(text.encode([a]))[0], np.asarray(text.encode([b]))[0]
+        cos = lambda x, y: float(x @ y / np.linalg.norm(x) / np.linalg.norm(y))
+        return cos(ea[char], eb[bg]), cos(ea[char], eb[char]), dit, vae
+
+    role_before, _, dit0, vae0 = outputs(tmp / "m")
+    role_after, colour_after, dit1, vae1 = outputs(tmp / "run" / "export")
+    assert role_before > 0.9 and role_after < role_before - 0.25   # measured: 0.98 -> 0.65
+    assert colour_after < 0.95          # `red circle` and `blue circle` still differ
+    for a, b in ((dit0, dit1), (vae0, vae1)):
+        jax.tree.map(np.testing.assert_array_equal, nnx.state(a).to_pure_dict(), nnx.state(b).to_pure_dict())
+    assert model_dir._meta(str(tmp / "run" / "export"))["tokenizer"] == "tokenizer.json"
+
+
+def test_text_stage_needs_a_model_directory():
+    from shotstream_jax import sharding
+    from shotstream_jax.train import stages
+    cfg = get_config("shapes", "text")
+    with pytest.raises(ValueError, match="init_dir"):
+        stages.TextStage(cfg, sharding.make_mesh(cfg.mesh))

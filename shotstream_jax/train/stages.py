@@ -782,3 +782,99 @@ class VaeStage(Stage):
 
 
 STAGES["vae"] = VaeStage
+
+
+# ------------------------------------------------------------------ text encoder (word context)
+
+
+class PromptSource:
+    """Token ids of every shot prompt of the manifest, as the data pipeline builds them:
+    item i -> {"ids", "mask": int32[text_len]}."""
+
+    def __init__(self, clips, text_encoder):
+        self.prompts = sorted({p for clip in clips for p in clip.prompts})
+        self.text_encoder = text_encoder
+
+    def __len__(self):
+        return len(self.prompts)
+
+    def __getitem__(self, i):
+        ids, mask = self.text_encoder.tokenize(self.prompts[i])
+        return {"ids": ids, "mask": mask}
+
+
+class TextStage(Stage):
+    """The umT5-architecture text encoder of a model directory, taught the word order of the data's prompts.
+
+    Where no pretrained umT5 exists (the Shapes world), a random frozen encoder mixes its tokens
+    almost evenly: in `a red circle ... on a blue background` both colour words come out nearly
+    alike, and the DiT cannot tell which names the background. Here each token's output learns to
+    predict the words at `train.text_offsets` around it (linear heads, cross-entropy), which puts
+    the syntax a pretrained encoder carries into every token. The export is the model directory
+    of `train.init_dir` with this encoder in place of its own.
+    """
+
+    def __init__(self, cfg, mesh):
+        if not cfg.train.init_dir:
+            raise ValueError("the text stage needs --config.train.init_dir: a model directory with a VAE, "
+                             "umT5 and tokenizer (e.g. the vae stage's export/)")
+        self.cfg, self.mesh = cfg, mesh
+        _, _, _, self.text_encoder = model_dir.load_pipeline(cfg.train.init_dir)
+        self.graphdef = nnx.graphdef(self.text_encoder.model)
+        self.tx = optimizer(cfg, cfg.train.lr, cfg.train.clip_norm)
+
+    def source(self, workdir: str):
+        clips, _ = pipeline.manifest.read_manifest(pipeline.manifest_path(self.cfg, workdir), min_shots=1)
+        return PromptSource(clips, self.text_encoder)
+
+    def _init(self, t5, key):
+        tcfg = self.text_encoder.model.cfg
+        heads = 0.02 * jax.random.normal(key, (len(self.cfg.train.text_offsets), tcfg.d_model, tcfg.vocab_size))
+        params = {"t5": t5, "heads": heads}
+        return {"step": jnp.zeros((), jnp.int32), "gen": params, "gen_frozen": {}, "gen_opt": self.tx.init(params)}
+
+    def _inputs(self):
+        return nnx.state(self.text_encoder.model).to_pure_dict(), jax.random.PRNGKey(self.cfg.train.seed)
+
+    def abstract_state(self):
+        abstract = jax.eval_shape(self._init, *self._inputs())
+        return abstract, jax.tree.map(lambda _: sharding.replicated(self.mesh), abstract)
+
+    def init_state(self):
+        _, sh = self.abstract_state()
+        return jax.jit(self._init, out_shardings=sh)(*self._inputs()), sh
+
+    def loss(self, params, ids, mask):
+        """(mean cross-entropy of the words at each offset, {accuracy}) of ids, mask: int32[B, L]."""
+        h = nnx.merge(self.graphdef, params["t5"])(ids, mask)
+        length = ids.shape[1]
+        total = correct = count = 0.0
+        for o, head in zip(self.cfg.train.text_offsets, params["heads"]):
+            pos = jnp.arange(length) + o
+            valid = (mask > 0) & (pos >= 0) & (pos < length)
+            target = jnp.take(ids, jnp.clip(pos, 0, length - 1), axis=1)
+            valid &= jnp.take(mask, jnp.clip(pos, 0, length - 1), axis=1) > 0
+            logits = h @ head
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, target)
+            total += jnp.sum(ce * valid)
+            correct += jnp.sum((jnp.argmax(logits, -1) == target) * valid)
+            count += jnp.sum(valid)
+        return total / count, {"accuracy": correct / count}
+
+    def step(self, state, consts, batch):
+        def loss_fn(params, ex, k):
+            loss, aux = self.loss(params, ex["ids"][None], ex["mask"][None])
+            return loss, aux, None
+
+        state, loss, aux, _ = self._apply(state, "gen", loss_fn, batch, _ones(batch))
+        return state, {"loss": loss, **aux}
+
+    def export(self, state, out_dir: str) -> None:
+        from shotstream_jax.text import Tokenizer
+        _, dit, vae, te = model_dir.load_pipeline(self.cfg.train.init_dir)
+        t5 = nnx.merge(self.graphdef, jax.device_get(state["gen"]["t5"]))
+        tok = "bytes" if not isinstance(te.tokenizer, Tokenizer) else te.tokenizer.path
+        model_dir.save(out_dir, dit, vae=vae, text_model=t5, tokenizer=tok, config=self.cfg, overwrite=True)
+
+
+STAGES["text"] = TextStage
