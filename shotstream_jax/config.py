@@ -133,7 +133,7 @@ def _add_stage(c: ml_collections.ConfigDict, stage: str, toy: bool) -> None:
         t.stats_batches = 16         # batches encoded at export to fit the latents' mean/std
         c.vae = ml_collections.ConfigDict(dict(base_dim=8, z_dim=16, dim_mult=(1, 2, 2, 2), num_res_blocks=1,
                                                temporal_downsample=(False, True, True)))
-        # umT5-architecture encoder, random and frozen (the recipe never trains umT5).
+        # umT5-architecture encoder, random (the recipe never trains umT5; the text stage teaches it word order).
         c.text_encoder = ml_collections.ConfigDict(dict(
             tokenizer="",            # tokenizer.json path (data/shapes.py writes the world's); empty: bytes
             num_layers=2, num_heads=2, d_ff=128, num_buckets=32, max_distance=128, seed=7))

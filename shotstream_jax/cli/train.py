@@ -8,6 +8,9 @@ Stages (DESIGN.md sections 5 and 8), in order:
   ode_init   student regression onto the ODE pairs (--config.train.ode_dir)
   dmd_intra  intra-shot DMD (ground-truth history)
   dmd_inter  inter-shot DMD (self-generated history, LoRA)
+Where nothing is pretrained (configs/shapes), two stages come first:
+  vae        a Wan VAE by reconstruction; its export is a full model directory
+  text       the umT5 of a model directory (--config.train.init_dir) learns the prompts' word order
 Each stage reads the previous one's network with --config.train.init_dir=PREV/export
 (and the teacher with --config.train.teacher_dir=TEACHER/export).
 

@@ -29,7 +29,7 @@ both make equal-length shots).
     python -m shotstream_jax.eval.shapes --stories=HELDOUT/stories.json --videos=OUT --model=MODEL_DIR
 
     python -m shotstream_jax.eval.shapes --stories=... --videos=OUT --teacher=RUN/teacher/export \
-        --encoder_dir=RUN/vae_shots/export
+        --encoder_dir=RUN/text/export
 
 With --model (a student) or --teacher the stories are first generated into
 --videos (videos already there are kept), then scored.
