@@ -174,7 +174,7 @@ def test_the_shipped_default_model_draws_a_two_shot_story():
     """Reference: the captions, read back from the decoded pixels by eval/shapes.read_shot (which scores the
     world's ground truth 1.0): the package's default model is the trained Shapes-world student, and the
     backgrounds of held-out story 26 (data/shapes.py seed 1, never trained on) are its captions' (the
-    shipped student gets 69% of held-out backgrounds right; benchmarks/RESULTS.md)."""
+    shipped student gets all 175 held-out backgrounds right; benchmarks/RESULTS.md)."""
     import os
     from shotstream_jax.eval import shapes as eval_shapes
     assert os.path.isfile(os.path.join(default_model.SHIPPED, "config.json")), "no trained default model shipped"
