@@ -223,7 +223,7 @@ def test_text_stage_loss_is_the_word_context_cross_entropy(text_run):
     params["heads"] = np.random.default_rng(0).normal(size=params["heads"].shape).astype(np.float32)
     ex = stage.source(str(tmp))[3]
     ids, mask = ex["ids"][None], ex["mask"][None]
-    got, aux = jax.jit(stage.loss)(params, ids, mask)
+    got, aux = jax.jit(stage.loss)(params, {"ids": ids, "mask": mask})
     h = np.asarray(stage.text_encoder.model(jnp.asarray(ids), jnp.asarray(mask)))[0]
     n = int(mask.sum())
     total, count = 0.0, 0

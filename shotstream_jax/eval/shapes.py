@@ -374,7 +374,7 @@ if __name__ == "__main__":
     flags.DEFINE_string("teacher", "", "Generate the stories first with this bidirectional teacher (a teacher "
                         "stage's export/), shot by shot with many steps and CFG, into --videos.")
     flags.DEFINE_string("encoder_dir", "", "With --teacher: the model directory of the VAE and text encoder "
-                        "(the vae_shots stage's export/).")
+                        "(the text stage's export/).")
     flags.DEFINE_integer("teacher_steps", 0, "With --teacher: Euler steps per shot (0: the ode_pairs config's).")
     flags.DEFINE_string("output", "", "Also write the metrics as JSON here.")
     flags.mark_flags_as_required(["stories", "videos"])

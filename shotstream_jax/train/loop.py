@@ -193,7 +193,7 @@ def train(cfg, workdir, progress: bool = True, profile_steps: tuple[int, int] | 
     if cfg.stage not in stages.STAGES:
         raise ValueError(f"stage {cfg.stage!r} is not a training stage; use one of {sorted(stages.STAGES)} or ode_pairs")
     stage = stages.STAGES[cfg.stage](cfg, mesh)
-    src = stage.source(workdir) if hasattr(stage, "source") else _source(cfg, workdir, mesh)
+    src = stage.source(workdir) if isinstance(stage, stages.EncoderStage) else _source(cfg, workdir, mesh)
     batch_size = _check_batch(cfg, mesh)
     it = iter(pipeline.dataset(src, batch_size, cfg.data.shuffle_seed, sharding.process_rows(mesh, batch_size)))
 
@@ -277,7 +277,7 @@ def export(cfg, stage, state, out_dir: str) -> None:
     host ever holds the whole network. config.json is written last, by
     process 0: a directory without it is an unfinished export.
     """
-    if hasattr(stage, "export"):  # vae, text: a full model directory around the trained encoder (one process)
+    if isinstance(stage, stages.EncoderStage):  # vae, text: a full model directory around it (one process)
         stage.export(state, out_dir)
         return
     params = jax.jit(lambda g, f: nnx.state(stage.gen.module(g, f), nnx.Param).to_pure_dict())(

@@ -684,7 +684,39 @@ class VideoClipSource:
         return {"video": pipeline.resize(frames, self.cfg.video.height, self.cfg.video.width, self.cfg.data.resize)}
 
 
-class VaeStage(Stage):
+class EncoderStage(Stage):
+    """A network trained alone and replicated (vae, text): the state around `_start()`'s parameters,
+    and the step on `loss(params, batch, key) -> (loss, aux)` one example at a time."""
+
+    def _start(self) -> dict:
+        """The network's starting parameters (concrete)."""
+        raise NotImplementedError
+
+    def _shape(self) -> dict:
+        """Their ShapeDtypeStructs, without loading or creating anything big."""
+        return jax.eval_shape(self._start)
+
+    def _init(self, params):
+        return {"step": jnp.zeros((), jnp.int32), "gen": params, "gen_frozen": {}, "gen_opt": self.tx.init(params)}
+
+    def abstract_state(self):
+        abstract = jax.eval_shape(self._init, self._shape())
+        return abstract, jax.tree.map(lambda _: sharding.replicated(self.mesh), abstract)
+
+    def init_state(self):
+        _, sh = self.abstract_state()
+        return jax.jit(self._init, out_shardings=sh)(self._start()), sh
+
+    def step(self, state, consts, batch):
+        def loss_fn(params, ex, k):
+            loss, aux = self.loss(params, jax.tree.map(lambda a: a[None], ex), k)
+            return loss, aux, None
+
+        state, loss, aux, _ = self._apply(state, "gen", loss_fn, batch, _ones(batch))
+        return state, {"loss": loss, **aux}
+
+
+class VaeStage(EncoderStage):
     """A Wan-architecture VAE trained from scratch to reconstruct the data (squared + absolute error).
 
     The posterior mean is the latent (as generation uses it); a small penalty on it keeps its scale
@@ -709,31 +741,23 @@ class VaeStage(Stage):
         self.src = VideoClipSource(clips, self.cfg)
         return self.src
 
-    def _init(self, params=None):
-        if params is None:
-            params = nnx.state(self.make(self.vae_cfg, self.cfg.train.seed)).to_pure_dict()
-        return {"step": jnp.zeros((), jnp.int32), "gen": params, "gen_frozen": {}, "gen_opt": self.tx.init(params)}
+    def _shape(self):
+        return jax.eval_shape(lambda: nnx.state(self.make(self.vae_cfg, 0)).to_pure_dict())
 
-    def abstract_state(self):
-        abstract = jax.eval_shape(self._init)
-        return abstract, jax.tree.map(lambda _: sharding.replicated(self.mesh), abstract)
-
-    def init_state(self):
+    def _start(self):
         """Fresh weights from train.seed, or (train.init_dir: a model directory, e.g. an earlier vae
         stage's export/) its VAE's weights, to go on training on other clips."""
-        _, sh = self.abstract_state()
-        params = None
-        if self.cfg.train.init_dir:
-            path = checkpoint.as_path(self.cfg.train.init_dir) / "vae"
-            if not path.is_dir():
-                raise FileNotFoundError(f"{self.cfg.train.init_dir}: not a model directory with a VAE (no vae/)")
-            try:
-                vae = checkpoint.load_state(str(path), lambda: self.make(self.vae_cfg, 0))
-            except (ValueError, KeyError) as e:
-                raise ValueError(f"{self.cfg.train.init_dir}: its VAE does not match the config's vae "
-                                 f"section ({e})") from e
-            params = nnx.state(vae).to_pure_dict()
-        return jax.jit(self._init, out_shardings=sh)(params), sh
+        if not self.cfg.train.init_dir:
+            return nnx.state(self.make(self.vae_cfg, self.cfg.train.seed)).to_pure_dict()
+        path = checkpoint.as_path(self.cfg.train.init_dir) / "vae"
+        if not path.is_dir():
+            raise FileNotFoundError(f"{self.cfg.train.init_dir}: not a model directory with a VAE (no vae/)")
+        try:
+            vae = checkpoint.load_state(str(path), lambda: self.make(self.vae_cfg, 0))
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"{self.cfg.train.init_dir}: its VAE does not match the config's vae "
+                             f"section ({e})") from e
+        return nnx.state(vae).to_pure_dict()
 
     def loss(self, params, batch, key=None):
         """(squared + absolute reconstruction error + latent penalty, {l1, psnr}) of a batch of clips."""
@@ -744,14 +768,6 @@ class VaeStage(Stage):
         l2, l1 = jnp.mean(err ** 2), jnp.mean(jnp.abs(err))
         loss = l2 + l1 + self.cfg.train.latent_penalty * jnp.mean(z ** 2)
         return loss, {"l1": l1, "psnr": 10 * jnp.log10(4.0 / l2)}
-
-    def step(self, state, consts, batch):
-        def loss_fn(params, ex, k):
-            loss, aux = self.loss(params, jax.tree.map(lambda a: a[None], ex), k)
-            return loss, aux, None
-
-        state, loss, aux, _ = self._apply(state, "gen", loss_fn, batch, _ones(batch))
-        return state, {"loss": loss, **aux}
 
     def export(self, state, out_dir: str) -> None:
         import dataclasses
@@ -803,7 +819,7 @@ class PromptSource:
         return {"ids": ids, "mask": mask}
 
 
-class TextStage(Stage):
+class TextStage(EncoderStage):
     """The umT5-architecture text encoder of a model directory, taught the word order of the data's prompts.
 
     Where no pretrained umT5 exists (the Shapes world), a random frozen encoder mixes its tokens
@@ -827,25 +843,15 @@ class TextStage(Stage):
         clips, _ = pipeline.manifest.read_manifest(pipeline.manifest_path(self.cfg, workdir), min_shots=1)
         return PromptSource(clips, self.text_encoder)
 
-    def _init(self, t5, key):
+    def _start(self):
         tcfg = self.text_encoder.model.cfg
+        key = jax.random.PRNGKey(self.cfg.train.seed)
         heads = 0.02 * jax.random.normal(key, (len(self.cfg.train.text_offsets), tcfg.d_model, tcfg.vocab_size))
-        params = {"t5": t5, "heads": heads}
-        return {"step": jnp.zeros((), jnp.int32), "gen": params, "gen_frozen": {}, "gen_opt": self.tx.init(params)}
+        return {"t5": nnx.state(self.text_encoder.model).to_pure_dict(), "heads": heads}
 
-    def _inputs(self):
-        return nnx.state(self.text_encoder.model).to_pure_dict(), jax.random.PRNGKey(self.cfg.train.seed)
-
-    def abstract_state(self):
-        abstract = jax.eval_shape(self._init, *self._inputs())
-        return abstract, jax.tree.map(lambda _: sharding.replicated(self.mesh), abstract)
-
-    def init_state(self):
-        _, sh = self.abstract_state()
-        return jax.jit(self._init, out_shardings=sh)(*self._inputs()), sh
-
-    def loss(self, params, ids, mask):
-        """(mean cross-entropy of the words at each offset, {accuracy}) of ids, mask: int32[B, L]."""
+    def loss(self, params, batch, key=None):
+        """(mean cross-entropy of the words at each offset, {accuracy}) of batch {"ids", "mask": int32[B, L]}."""
+        ids, mask = batch["ids"], batch["mask"]
         h = nnx.merge(self.graphdef, params["t5"])(ids, mask)
         length = ids.shape[1]
         total = correct = count = 0.0
@@ -860,14 +866,6 @@ class TextStage(Stage):
             correct += jnp.sum((jnp.argmax(logits, -1) == target) * valid)
             count += jnp.sum(valid)
         return total / count, {"accuracy": correct / count}
-
-    def step(self, state, consts, batch):
-        def loss_fn(params, ex, k):
-            loss, aux = self.loss(params, ex["ids"][None], ex["mask"][None])
-            return loss, aux, None
-
-        state, loss, aux, _ = self._apply(state, "gen", loss_fn, batch, _ones(batch))
-        return state, {"loss": loss, **aux}
 
     def export(self, state, out_dir: str) -> None:
         from shotstream_jax.text import Tokenizer
