@@ -144,6 +144,7 @@ def _add_stage(c: ml_collections.ConfigDict, stage: str, toy: bool) -> None:
     elif stage == "teacher":
         t.lr, t.trainable = 1e-5, "self_attn"
         t.context_dropout = t.text_dropout = 0.1
+        t.foreground_weight = 0.0    # > 0: the flow loss favours what stands out of each frame (teacher.foreground_weights)
     elif stage == "ode_init":
         t.lr, t.clip_norm = 1e-6, 1.0
         t.text_dropout = 0.1

@@ -96,6 +96,24 @@ def _meta(model_dir: str) -> dict:
     return meta
 
 
+# WanDiTConfig fields that say how a DiT runs, not what it computes: free to differ from the saved ones.
+_RUNTIME_FIELDS = ("param_dtype", "dtype", "remat", "remat_policy", "scan_unroll", "attention_impl", "fp8")
+
+
+def check_dit(model_dir: str, dit_cfg: WanDiTConfig) -> None:
+    """Raise ValueError when the DiT saved in `model_dir` is not the architecture `dit_cfg` builds.
+
+    Some fields (num_heads, rope_theta, eps) change no parameter shape, so a checkpoint
+    of another such architecture would restore without error and compute something else.
+    """
+    saved = WanDiTConfig.from_dict(_meta(model_dir)["dit"])
+    diff = [f"{f.name} {getattr(saved, f.name)!r} there, {getattr(dit_cfg, f.name)!r} in the config"
+            for f in dataclasses.fields(WanDiTConfig)
+            if f.name not in _RUNTIME_FIELDS and getattr(saved, f.name) != getattr(dit_cfg, f.name)]
+    if diff:
+        raise ValueError(f"{model_dir}: its DiT is not the config's model section: " + "; ".join(diff))
+
+
 def load_dit(model_dir: str, **overrides) -> WanDiT:
     """The DiT of a model directory; `overrides` change runtime fields (dtype, attention_impl...)."""
     cfg = WanDiTConfig.from_dict({**_meta(model_dir)["dit"], **overrides})

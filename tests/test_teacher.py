@@ -4,6 +4,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from shotstream_jax import context, schedule
@@ -77,13 +78,16 @@ def test_multi_caption_routing_single_layer():
     np.testing.assert_allclose(diff[np.asarray(lay.frame_prompt) != 0], 0, atol=1e-6)
 
 
-def test_teacher_loss_formula():
-    """Reference: the loss written out with the same key split, t, noise and weight."""
+@pytest.mark.parametrize("foreground", [0.0, 2.0])
+def test_teacher_loss_formula(foreground):
+    """Reference: the loss written out with the same key split, t, noise and weight; with a
+    foreground weight, each latent pixel's error weighted by 1 + 2 d^2 / mean(d^2) in numpy."""
     dit = _model()
     ctx, tgt, text, lay = _inputs()
     key = jax.random.PRNGKey(5)
     loss, aux = teacher.teacher_loss(dit, key, ctx, tgt, text, frame_prompt=lay.frame_prompt,
-                                     frame_pos=lay.frame_pos, frame_shot=lay.frame_shot, shot_theta=1 / 6)
+                                     frame_pos=lay.frame_pos, frame_shot=lay.frame_shot, shot_theta=1 / 6,
+                                     foreground_weight=foreground)
     k_t, k_eps = jax.random.split(key)
     t = schedule.sample_training_timesteps(k_t, (1,))
     eps = jax.random.normal(k_eps, tgt.shape)
@@ -91,7 +95,13 @@ def test_teacher_loss_formula():
     full = dit(jnp.concatenate([ctx, (1 - s) * tgt + s * eps], 1), t, text, frame_prompt=lay.frame_prompt,
                frame_pos=lay.frame_pos, frame_shot=lay.frame_shot, shot_theta=1 / 6)[:, 6:]
     idx = int(np.argmin(np.abs(schedule.timesteps() - float(t[0]))))
-    want = np.mean((np.asarray(full) - np.asarray(eps - tgt)) ** 2) * schedule.training_weights()[idx]
+    err = (np.asarray(full) - np.asarray(eps - tgt)) ** 2
+    x = np.asarray(tgt)
+    w = np.ones(x.shape[:-1] + (1,))
+    for f in range(x.shape[1]):
+        d2 = ((x[0, f] - np.median(x[0, f].reshape(-1, x.shape[-1]), axis=0)) ** 2).sum(-1, keepdims=True)
+        w[0, f] += foreground * d2 / d2.mean()
+    want = (err * w).sum() / (w.sum() * x.shape[-1]) * schedule.training_weights()[idx]
     np.testing.assert_allclose(loss, want, rtol=1e-5)
     assert aux["t"].shape == (1,)
 

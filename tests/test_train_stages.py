@@ -101,3 +101,27 @@ def test_uncond_text_is_the_negative_prompt_or_zeros():
     cfg.train.uncond_text = "empty"
     with pytest.raises(ValueError, match="uncond_text must be 'negative_prompt' or 'zeros'"):
         stages.negative_embedding(cfg)
+
+
+def test_model_dir_of_another_architecture_is_refused(tmp_path):
+    """A DiT saved with other heads restores into the config's shapes without complaint (num_heads changes
+    no parameter shape), so dit_params must compare the saved architecture; runtime fields may differ."""
+    import dataclasses
+
+    import jax
+    from flax import nnx
+
+    from shotstream_jax import model_dir, sharding
+    from shotstream_jax.models.wan_dit import WanDiT
+    cfg = get_config("toy", "teacher")
+    mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:1])
+    base = stages.dit_config(cfg)
+    model_dir.save(str(tmp_path / "other"), WanDiT(dataclasses.replace(base, num_heads=base.num_heads * 2),
+                                                   rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match=r"other: its DiT is not the config's model section: num_heads 4 there, 2"):
+        stages.dit_params(cfg, mesh, str(tmp_path / "other"), 0)
+    dit = WanDiT(dataclasses.replace(base, remat=True, attention_impl="xla"), rngs=nnx.Rngs(1))
+    model_dir.save(str(tmp_path / "same"), dit)
+    got = stages.dit_params(cfg, mesh, str(tmp_path / "same"), 0)
+    want = nnx.state(dit, nnx.Param).to_pure_dict()
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)))

@@ -101,6 +101,7 @@ def dit_params(cfg, mesh, path: str, seed: int) -> dict:
     if not ckpt.is_dir():
         raise FileNotFoundError(f"{path}: not a model directory (no dit/); convert weights with shotstream-convert "
                                 f"or point at a previous stage's WORKDIR/export")
+    model_dir.check_dit(str(path), dit_config(cfg))
     target = jax.tree.map(lambda a, d: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=d), shapes, sh)
     with ocp.StandardCheckpointer() as ckptr:
         try:
@@ -401,7 +402,7 @@ class TeacherStage(Stage):
                 dit, k_loss, ex["context"][None], ex["target"][None], _text_slots(ex)[None],
                 frame_prompt=_frame_prompt(fc, t_frames), frame_pos=np.arange(fc + t_frames),
                 frame_shot=_rope_shots(ex["context_shot"], t_frames), shot_theta=context_lib.shot_theta(cfg.shotstream),
-                shift=cfg.shotstream.timestep_shift)
+                shift=cfg.shotstream.timestep_shift, foreground_weight=cfg.train.foreground_weight)
             return loss, {}, None
 
         state, loss, aux, _ = self._apply(state, "gen", loss_fn, batch, _ones(batch))
