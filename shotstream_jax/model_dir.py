@@ -100,13 +100,18 @@ def _meta(model_dir: str) -> dict:
 _RUNTIME_FIELDS = ("param_dtype", "dtype", "remat", "remat_policy", "scan_unroll", "attention_impl", "fp8")
 
 
+def saved_dit_config(model_dir: str) -> WanDiTConfig:
+    """The DiT architecture recorded in a model directory's config.json."""
+    return WanDiTConfig.from_dict(_meta(model_dir)["dit"])
+
+
 def check_dit(model_dir: str, dit_cfg: WanDiTConfig) -> None:
     """Raise ValueError when the DiT saved in `model_dir` is not the architecture `dit_cfg` builds.
 
     Some fields (num_heads, rope_theta, eps) change no parameter shape, so a checkpoint
     of another such architecture would restore without error and compute something else.
     """
-    saved = WanDiTConfig.from_dict(_meta(model_dir)["dit"])
+    saved = saved_dit_config(model_dir)
     diff = [f"{f.name} {getattr(saved, f.name)!r} there, {getattr(dit_cfg, f.name)!r} in the config"
             for f in dataclasses.fields(WanDiTConfig)
             if f.name not in _RUNTIME_FIELDS and getattr(saved, f.name) != getattr(dit_cfg, f.name)]

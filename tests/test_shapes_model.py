@@ -131,7 +131,8 @@ def test_teacher_story_builds_every_shot_as_training_does():
 
 def test_teacher_videos_are_written_and_scored(tmp_path):
     """End to end on a random toy-sized teacher and VAE: one video per story, of the story's length, then
-    scored by `evaluate` (random weights: only that it runs through and counts every shot)."""
+    scored by `evaluate` (random weights: only that it runs through and counts every shot). The teacher
+    is built as its own config.json says, not as the config's model section (here: other heads)."""
     from shotstream_jax.eval import shapes as eval_shapes
     config, dit, vae, text = default_model.build()
     model_dir.save(str(tmp_path / "m"), dit, vae=vae, text_model=text.model, tokenizer="bytes", config=config)
@@ -140,7 +141,8 @@ def test_teacher_videos_are_written_and_scored(tmp_path):
     stories.write_text(json.dumps({"stories": [{"video": "s.mp4", "global_caption": story.global_caption,
                                                 "shots": [s.caption for s in story.shots]}]}))
     cfg = get_config("toy", "ode_pairs")
-    cfg.model = config.model
+    cfg.model = config.model.copy_and_resolve_references()
+    cfg.model.num_heads *= 2
     cfg.train.update(teacher_dir=str(tmp_path / "m"), ode_steps=2, uncond_text="zeros")
     cfg.data.encoder_dir = str(tmp_path / "m")
     eval_shapes.generate_teacher_videos(cfg, str(stories), str(tmp_path / "v"))

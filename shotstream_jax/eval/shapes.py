@@ -288,6 +288,7 @@ def generate_teacher_videos(cfg, stories_path: str, out_dir: str, seed: int = 0,
     """
     import jax
     import jax.numpy as jnp
+    import ml_collections
     from flax import nnx
     from tqdm import tqdm
     from shotstream_jax import model_dir, sharding
@@ -296,6 +297,9 @@ def generate_teacher_videos(cfg, stories_path: str, out_dir: str, seed: int = 0,
     from shotstream_jax.video_io import VideoWriter
     if not cfg.train.teacher_dir or not cfg.data.encoder_dir:
         raise ValueError("the teacher's stories need train.teacher_dir and data.encoder_dir")
+    # The teacher's own architecture (its config.json), whatever the config's model section says.
+    cfg = cfg.copy_and_resolve_references()
+    cfg.model = ml_collections.ConfigDict(dataclasses.asdict(model_dir.saved_dit_config(cfg.train.teacher_dir)))
     mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:1])
     graphdef = stages.Net(cfg, "all").full_graphdef
     params = stages.dit_params(cfg, mesh, cfg.train.teacher_dir, cfg.train.seed)
