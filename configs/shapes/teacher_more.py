@@ -5,19 +5,17 @@ the character's colour from the prompt: on held-out stories 0-11 its samples
 name the character's colour right in 0.11 of the shots that name it (chance 0.2).
 A second cycle of 8000 steps from lr 3e-4, with the foreground weight raised to
 2, brings that to 0.53 and motion from 0.18 to 0.39. Continuing from the first
-export restarts the optimizer; the cosine anneals to lr/10 again.
+export restarts the optimizer; the cosine anneals to lr/10 again. Everything
+else is teacher.py's.
 """
-from shotstream_jax.config import get_config as _get
+import pathlib
+import runpy
 
 
 def get_config():
-    c = _get("shapes", "teacher")
-    c.train.trainable = "all"
-    c.train.lr, c.train.b1, c.train.warmup_steps = 3e-4, 0.9, 100
-    c.train.lr_decay = "cosine"
+    c = runpy.run_path(str(pathlib.Path(__file__).with_name("teacher.py")))["get_config"]()
+    c.train.lr = 3e-4
     c.train.steps = 8000
     c.train.foreground_weight = 2.0
-    c.train.context_dropout = 0.3
-    c.train.batch_size = 8
     c.train.checkpoint_every = 500
     return c
