@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The Shapes world, trained end to end from scratch with the ordinary stages:
-#   world data -> VAE (9-frame clips, then whole shots) -> text encoder word order -> (pre-encode) -> teacher (two cosine cycles) -> ODE pairs -> ODE init -> intra-shot DMD
+#   world data -> VAE (9-frame clips, then whole shots) -> text encoder word order -> (pre-encode) -> teacher (three cosine cycles) -> ODE pairs -> ODE init -> intra-shot DMD
 #   -> inter-shot DMD -> export (RUN/model, a model directory) -> scores on 50 held-out stories.
 #
 #   launch/shapes.sh RUN_DIR             the full run (about 3 h on 2 CPU cores; stage times in the README)
@@ -56,11 +56,13 @@ fi
 train teacher teacher "${ENC[@]}"
 # A second cosine cycle from the first teacher (configs/shapes/teacher_more.py says why).
 train teacher_more teacher_more "${ENC[@]}" --config.train.init_dir="$RUN/teacher/export"
-TEACHER=(--config.train.teacher_dir="$RUN/teacher_more/export")
+# A third cycle with the second's settings, from the second's export.
+train teacher_third teacher_more "${ENC[@]}" --config.train.init_dir="$RUN/teacher_more/export"
+TEACHER=(--config.train.teacher_dir="$RUN/teacher_third/export")
 say "ode_pairs: teacher trajectories (skips the ones already written)"
 $PY -m shotstream_jax.cli.train --config=configs/shapes/ode_pairs.py --workdir="$RUN/ode_pairs_run" \
   "${ENC[@]}" "${TEACHER[@]}" --config.train.ode_dir="$RUN/ode_pairs" "${ODE[@]}"
-train ode_init ode_init "${ENC[@]}" --config.train.ode_dir="$RUN/ode_pairs" --config.train.init_dir="$RUN/teacher_more/export"
+train ode_init ode_init "${ENC[@]}" --config.train.ode_dir="$RUN/ode_pairs" --config.train.init_dir="$RUN/teacher_third/export"
 train dmd_intra dmd_intra "${ENC[@]}" "${TEACHER[@]}" --config.train.init_dir="$RUN/ode_init/export"
 train dmd_inter dmd_inter "${ENC[@]}" "${TEACHER[@]}" --config.train.init_dir="$RUN/dmd_intra/export"
 
@@ -83,7 +85,7 @@ score no_global_context "$RUN/model" --no_global_context "${A[@]}"
 say "ablation: the final student without the RoPE shot phase"
 score no_shot_phase "$RUN/model" --no_shot_phase "${A[@]}"
 say "ablation: the bidirectional teacher, shot by shot with many steps and CFG"
-score teacher "" --teacher="$RUN/teacher_more/export" --encoder_dir="$RUN/text/export" "${A[@]}"
+score teacher "" --teacher="$RUN/teacher_third/export" --encoder_dir="$RUN/text/export" "${A[@]}"
 for m in dmd_intra ode_init; do
   say "ablation: the student after $m"
   score "$m" "$RUN/$m/export" "${A[@]}"
