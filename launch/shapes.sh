@@ -3,7 +3,7 @@
 #   world data -> VAE (9-frame clips, then whole shots) -> text encoder word order -> (pre-encode) -> teacher (three cosine cycles) -> ODE pairs -> ODE init -> intra-shot DMD
 #   -> inter-shot DMD -> export (RUN/model, a model directory) -> scores on 50 held-out stories.
 #
-#   launch/shapes.sh RUN_DIR             the full run (about 3 h on 2 CPU cores; stage times in the README)
+#   launch/shapes.sh RUN_DIR             the full run (about 4 h on 2 CPU cores; stage times in the README)
 #   QUICK=1 launch/shapes.sh RUN_DIR     every stage for a few steps: proves the chain works
 #
 # Re-running with the same RUN_DIR continues: finished stages (those with an export/) are
