@@ -58,11 +58,12 @@ train teacher teacher "${ENC[@]}"
 train teacher_more teacher_more "${ENC[@]}" --config.train.init_dir="$RUN/teacher/export"
 # A third cycle with the second's settings, from the second's export.
 train teacher_third teacher_more "${ENC[@]}" --config.train.init_dir="$RUN/teacher_more/export"
-TEACHER=(--config.train.teacher_dir="$RUN/teacher_third/export")
+TEACHER_DIR="$RUN/teacher_third/export"   # the teacher every later stage and the teacher score use
+TEACHER=(--config.train.teacher_dir="$TEACHER_DIR")
 say "ode_pairs: teacher trajectories (skips the ones already written)"
 $PY -m shotstream_jax.cli.train --config=configs/shapes/ode_pairs.py --workdir="$RUN/ode_pairs_run" \
   "${ENC[@]}" "${TEACHER[@]}" --config.train.ode_dir="$RUN/ode_pairs" "${ODE[@]}"
-train ode_init ode_init "${ENC[@]}" --config.train.ode_dir="$RUN/ode_pairs" --config.train.init_dir="$RUN/teacher_third/export"
+train ode_init ode_init "${ENC[@]}" --config.train.ode_dir="$RUN/ode_pairs" --config.train.init_dir="$TEACHER_DIR"
 train dmd_intra dmd_intra "${ENC[@]}" "${TEACHER[@]}" --config.train.init_dir="$RUN/ode_init/export"
 train dmd_inter dmd_inter "${ENC[@]}" "${TEACHER[@]}" --config.train.init_dir="$RUN/dmd_intra/export"
 
@@ -85,7 +86,7 @@ score no_global_context "$RUN/model" --no_global_context "${A[@]}"
 say "ablation: the final student without the RoPE shot phase"
 score no_shot_phase "$RUN/model" --no_shot_phase "${A[@]}"
 say "ablation: the bidirectional teacher, shot by shot with many steps and CFG"
-score teacher "" --teacher="$RUN/teacher_third/export" --encoder_dir="$RUN/text/export" "${A[@]}"
+score teacher "" --teacher="$TEACHER_DIR" --encoder_dir="$RUN/text/export" "${A[@]}"
 for m in dmd_intra ode_init; do
   say "ablation: the student after $m"
   score "$m" "$RUN/$m/export" "${A[@]}"
