@@ -150,7 +150,6 @@ def _add_stage(c: ml_collections.ConfigDict, stage: str, toy: bool) -> None:
     elif stage == "ode_init":
         t.lr, t.clip_norm = 1e-6, 1.0
         t.text_dropout = 0.1
-        t.foreground_weight = 0.0    # > 0: the regression favours what stands out of each frame, as the teacher's
     elif stage in ("dmd_intra", "dmd_inter"):
         t.lr, t.clip_norm = 2e-6, 1.0
         t.context_dropout = 0.1

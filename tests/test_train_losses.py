@@ -93,32 +93,6 @@ def test_ode_regression_steps_include_t0_which_the_loss_masks():
     np.testing.assert_allclose(float(loss), np.mean(want_x[idx < 4].astype(float) ** 2), rtol=1e-6)
 
 
-def test_ode_regression_foreground_weight_favours_the_character():
-    """foreground_weight w: each latent pixel's squared error weighs 1 + w d^2 / mean(d^2), d its distance
-    from its frame's median pixel, normalised per frame (as the teacher's flow loss)."""
-    clean = jnp.zeros((6, 3, 3, 2)).at[:, 1, 1, :].set(3.0)   # one character pixel on a plain background
-    ode = jnp.ones((4, 6, 3, 3, 2))
-    step_t = jnp.asarray([1000.0, 900.0, 800.0, 700.0])
-    err = np.full((3, 3), 1.0)
-    err[1, 1] = 4.0   # the prediction (the state itself, 1) is off by 1 on the background, by 2 on the character
-
-    def x0_fn(x, t):
-        return x
-
-    key = jax.random.PRNGKey(1)
-    idx = np.asarray(jax.random.randint(key, (2,), 0, 5))
-    assert (idx < 4).all(), "pick a key whose chunks both draw a noisy state"
-    plain = losses.ode_regression_loss(ode, clean, key, x0_fn, chunk_frames=3, step_t=step_t)
-    np.testing.assert_allclose(float(plain), err.mean(), rtol=1e-6)
-    d2 = np.zeros((3, 3))
-    d2[1, 1] = 2 * 3.0 ** 2
-    w = 1 + 2.0 * d2 / d2.mean()
-    weighted = losses.ode_regression_loss(ode, clean, key, x0_fn, chunk_frames=3, step_t=step_t,
-                                          foreground_weight=2.0)
-    np.testing.assert_allclose(float(weighted), (err * w).sum() / w.sum(), rtol=1e-6)
-    assert float(weighted) > float(plain)
-
-
 def test_context_and_text_dropout_as_the_reference():
     """Reference trainers: `random.random() < 0.1` zeroes the context latents and sets their RoPE shot
     flags to 0 (distillation_frameconcat.py), or zeroes the prompt embeddings (trainer/ode_regression.py)."""

@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 
 from shotstream_jax import schedule
-from shotstream_jax.models.teacher import foreground_weights
 
 
 def dmd_generator_loss(x: jax.Array, key: jax.Array, real_x0: Callable, fake_x0: Callable, *,
@@ -50,7 +49,7 @@ def critic_loss(x: jax.Array, key: jax.Array, fake_velocity: Callable, *, min_t:
 
 
 def ode_regression_loss(ode: jax.Array, clean: jax.Array, key: jax.Array, x0_fn: Callable, *,
-                        chunk_frames: int, step_t: jax.Array, foreground_weight: float = 0.0) -> jax.Array:
+                        chunk_frames: int, step_t: jax.Array) -> jax.Array:
     """Student regression on a teacher trajectory (`model/ode_regression.py`).
 
     ode [S, T, h, w, C] holds the teacher's latents at the student's S timesteps
@@ -59,8 +58,6 @@ def ode_regression_loss(ode: jax.Array, clean: jax.Array, key: jax.Array, x0_fn:
     S + 1 states per chunk of `chunk_frames` frames is the student's input;
     x0_fn(x [T,...], t f32[T]) -> x0 [T,...] is regressed onto `clean` over the
     frames with t > 0 (t=0 chunks are only context for the later ones).
-    foreground_weight > 0 (not in the recipe) weights each latent pixel's squared error as the
-    teacher's flow loss does (`teacher.foreground_weights` of `clean`), normalised per frame.
     """
     s, f = ode.shape[:2]
     traj = jnp.concatenate([ode, clean[None].astype(ode.dtype)])
@@ -68,11 +65,6 @@ def ode_regression_loss(ode: jax.Array, clean: jax.Array, key: jax.Array, x0_fn:
     idx = jnp.repeat(jax.random.randint(key, (f // chunk_frames,), 0, s + 1), chunk_frames)
     t = ts[idx]
     pred = x0_fn(traj[idx, jnp.arange(f)], t)
-    err = jnp.square(pred.astype(jnp.float32) - clean.astype(jnp.float32))
-    if foreground_weight:
-        w = foreground_weights(clean[None].astype(jnp.float32), foreground_weight)[0]
-        per_frame = jnp.sum(err * w, axis=(1, 2, 3)) / (jnp.sum(w, axis=(1, 2, 3)) * err.shape[-1])
-    else:
-        per_frame = jnp.mean(err, axis=(1, 2, 3))
+    per_frame = jnp.mean(jnp.square(pred.astype(jnp.float32) - clean.astype(jnp.float32)), axis=(1, 2, 3))
     noisy = (t > 0).astype(jnp.float32)
     return jnp.sum(per_frame * noisy) / jnp.maximum(jnp.sum(noisy), 1.0)

@@ -426,8 +426,7 @@ class OdeInitStage(Stage):
                 return schedule.x0_from_velocity(x, v, t, cfg.shotstream.timestep_shift)
 
             return losses.ode_regression_loss(ex["ode"], ex["target"], k, x0_fn,
-                                              chunk_frames=cfg.shotstream.chunk_frames, step_t=step_t,
-                                              foreground_weight=cfg.train.foreground_weight), {}, None
+                                              chunk_frames=cfg.shotstream.chunk_frames, step_t=step_t), {}, None
 
         state, loss, aux, _ = self._apply(state, "gen", loss_fn, batch, _ones(batch))
         return state, {"loss": loss, "ode_loss": loss, **aux}
