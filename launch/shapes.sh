@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The Shapes world, trained end to end from scratch with the ordinary stages:
-#   world data -> VAE (9-frame clips, then whole shots) -> text encoder word order -> (pre-encode) -> teacher (three cosine cycles) -> ODE pairs -> ODE init -> intra-shot DMD
+#   world data -> VAE (9-frame clips, then whole shots) -> text encoder word order -> (pre-encode) -> teacher (four cosine cycles) -> ODE pairs -> ODE init -> intra-shot DMD
 #   -> inter-shot DMD -> export (RUN/model, a model directory) -> scores on 50 held-out stories.
 #
-#   launch/shapes.sh RUN_DIR             the full run (about 4 h on 2 CPU cores; stage times in the README)
+#   launch/shapes.sh RUN_DIR             the full run (about 4 h 40 min on 2 CPU cores; stage times in the README)
 #   QUICK=1 launch/shapes.sh RUN_DIR     every stage for a few steps: proves the chain works
 #
 # Re-running with the same RUN_DIR continues: finished stages (those with an export/) are
@@ -56,9 +56,10 @@ fi
 train teacher teacher "${ENC[@]}"
 # A second cosine cycle from the first teacher (configs/shapes/teacher_more.py says why).
 train teacher_more teacher_more "${ENC[@]}" --config.train.init_dir="$RUN/teacher/export"
-# A third cycle with the second's settings, from the second's export.
+# A third and a fourth cycle with the second's settings, each from the one before.
 train teacher_third teacher_more "${ENC[@]}" --config.train.init_dir="$RUN/teacher_more/export"
-TEACHER_DIR="$RUN/teacher_third/export"   # the teacher every later stage and the teacher score use
+train teacher_fourth teacher_more "${ENC[@]}" --config.train.init_dir="$RUN/teacher_third/export"
+TEACHER_DIR="$RUN/teacher_fourth/export"   # the teacher every later stage and the teacher score use
 TEACHER=(--config.train.teacher_dir="$TEACHER_DIR")
 say "ode_pairs: teacher trajectories (skips the ones already written)"
 $PY -m shotstream_jax.cli.train --config=configs/shapes/ode_pairs.py --workdir="$RUN/ode_pairs_run" \
