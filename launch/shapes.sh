@@ -56,10 +56,13 @@ fi
 train teacher teacher "${ENC[@]}"
 # A second cosine cycle from the first teacher (configs/shapes/teacher_more.py says why).
 train teacher_more teacher_more "${ENC[@]}" --config.train.init_dir="$RUN/teacher/export"
-# A third and a fourth cycle with the second's settings, each from the one before.
-train teacher_third teacher_more "${ENC[@]}" --config.train.init_dir="$RUN/teacher_more/export"
-train teacher_fourth teacher_more "${ENC[@]}" --config.train.init_dir="$RUN/teacher_third/export"
-TEACHER_DIR="$RUN/teacher_fourth/export"   # the teacher every later stage and the teacher score use
+# More cycles with the second's settings, each from the one before (one more cycle: one more name here).
+prev=teacher_more
+for cycle in teacher_third teacher_fourth; do
+  train "$cycle" teacher_more "${ENC[@]}" --config.train.init_dir="$RUN/$prev/export"
+  prev=$cycle
+done
+TEACHER_DIR="$RUN/$prev/export"   # the last cycle: the teacher every later stage and the teacher score use
 TEACHER=(--config.train.teacher_dir="$TEACHER_DIR")
 say "ode_pairs: teacher trajectories (skips the ones already written)"
 $PY -m shotstream_jax.cli.train --config=configs/shapes/ode_pairs.py --workdir="$RUN/ode_pairs_run" \
