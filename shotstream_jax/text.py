@@ -67,12 +67,14 @@ class Tokenizer:
             self._hf.no_padding()
             self.pad_id = self._hf.token_to_id("<pad>") or 0
             self.eos_id = self._hf.token_to_id("</s>")
+            self.unk_id = self._hf.token_to_id("<unk>")
         else:
             import sentencepiece as spm
             self._hf = None
             self._sp = spm.SentencePieceProcessor(model_file=path)
             self.pad_id = max(self._sp.pad_id(), 0)
             self.eos_id = self._sp.eos_id()
+            self.unk_id = self._sp.unk_id()
 
     @classmethod
     def find(cls, path: str) -> "Tokenizer":
@@ -92,6 +94,18 @@ class Tokenizer:
             return self._hf.encode(text).ids
         return self._sp.encode(text) + [self.eos_id]
 
+    def unknown_words(self, text: str) -> list[str]:
+        """The pieces of `text` the vocabulary has no token for: the model reads each as `<unk>`.
+
+        A small word-level vocabulary (the Shapes model's) leaves out most words; umT5's
+        sentencepiece vocabulary covers nearly everything.
+        """
+        if self._hf is not None:
+            enc = self._hf.encode(text)
+            return [text[a:b] for i, (a, b) in zip(enc.ids, enc.offsets) if i == self.unk_id]
+        pieces = self._sp.encode(text, out_type=str)  # an unknown piece keeps its own text
+        return [p for p, i in zip(pieces, self._sp.encode(text)) if i == self.unk_id]
+
 
 class ByteTokenizer:
     """UTF-8 bytes as tokens (id = byte + 3; pad 0, eos 1): the toy default model's tokenizer.
@@ -104,6 +118,9 @@ class ByteTokenizer:
 
     def __call__(self, text: str) -> list[int]:
         return [b + 3 for b in text.encode("utf-8")] + [self.eos_id]
+
+    def unknown_words(self, text: str) -> list[str]:
+        return []  # every byte has a token
 
 
 @nnx.jit
@@ -139,11 +156,17 @@ class TextEncoder:
         return cls(model, tok, text_len)
 
     def tokenize(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
-        """One prompt -> (ids int32[text_len], mask int32[text_len]); warns when it truncates."""
+        """One prompt -> (ids int32[text_len], mask int32[text_len]); warns when it truncates or
+        holds words the tokenizer does not know."""
         text = clean_prompt(prompt)
         if not text:
             raise ValueError("empty prompt: give each shot a non-empty description")
         ids = self.tokenizer(text)
+        unknown = self.tokenizer.unknown_words(text)
+        if unknown:
+            warnings.warn(f"the model's tokenizer does not know {', '.join(map(repr, unknown))}: the model reads "
+                          f"{'each' if len(unknown) > 1 else 'it'} as <unk>, an unknown word (prompt {text[:60]!r})",
+                          stacklevel=3)
         if len(ids) > self.text_len:
             warnings.warn(f"prompt is {len(ids)} tokens, longer than text_len={self.text_len}; "
                           f"truncated (it starts {text[:60]!r})", stacklevel=3)

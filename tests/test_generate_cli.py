@@ -32,15 +32,19 @@ def test_story_file(tmp_path):
     assert frames.shape == (2 * n, h, w, 3) and fps == 16
     assert f"{2 * n} frames" in r.stdout and "FPS" in r.stdout
     assert "orbax" not in r.stderr     # loading the model stays quiet (no INFO logs) without --verbosity
+    assert "warning" not in r.stderr   # every word is in the model's vocabulary
     assert set(os.listdir(tmp_path)) == {"story.json", "story.mp4"}  # no temporary left behind
 
 
 def test_interactive_stdin(tmp_path):
     out = tmp_path / "live.mp4"
     r = run_python(*GEN, "--interactive", f"--out={out}",
-                   stdin="A story about one character.\nwide shot of a yellow triangle moving up on a black background\n"
-                         "\nignored after the empty line\n")
+                   stdin="A story about one character.\nwide shot of a yellow triangle moving up on a black background "
+                         "at dusk\n\nignored after the empty line\n")
     assert r.returncode == 0, r.stderr
+    # Words the default model's vocabulary lacks: one plain line naming them, no Python file:line form.
+    assert "shotstream-generate: warning: the model's tokenizer does not know 'at', 'dusk'" in r.stderr, r.stderr
+    assert "UserWarning" not in r.stderr
     n, h, w = default_video()
     frames, fps = read_video(str(out))
     assert frames.shape == (n, h, w, 3) and fps == 16

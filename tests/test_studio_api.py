@@ -468,3 +468,19 @@ def test_a_client_too_far_behind_is_dropped(client, app, stepper, monkeypatch):
         while (m := ws.receive())["type"] != "websocket.close":
             messages.append(m)
         assert m["code"] == 1013 and len(messages) <= 8 + 4  # the bound, plus the events before the hold
+
+
+def test_answers_name_words_the_model_does_not_know():
+    """Reference: the Shapes model's vocabulary (the world's caption words, data/shapes.py).
+
+    No lifespan (no `with`): the worker never starts, so nothing is generated; only the answers are read.
+    """
+    client = TestClient(create_app(ShotStream.load()), raise_server_exceptions=False)
+    r = client.post("/api/stories", json={"global_caption": "A story about one character.", "seed": 1})
+    assert r.status_code == 201 and r.json()["unknown_words"] == []
+    sid = r.json()["id"]
+    r = client.post(f"/api/stories/{sid}/shots",
+                    json={"prompt": "wide shot of a purple circle moving left on a red background"})
+    assert r.status_code == 202 and r.json() == {"index": 0, "unknown_words": ["purple"]}
+    r = client.post("/api/stories", json={"global_caption": "A  Sad story about one character."})
+    assert r.json()["unknown_words"] == ["Sad"]

@@ -142,17 +142,21 @@ def test_page_story_rewind_branch_download(server, browser, tmp_path):
     d.find_elements(By.CSS_SELECTOR, "#shots .shot button.rewind")[0].click()
     wait_for(d, "document.querySelectorAll('#shots .shot').length === 1")
     assert 1 not in d.execute_script("return Object.keys(window.studio.received).map(Number)")
-    prompt.send_keys("wide shot of the same character moving up on a green background", Keys.ENTER)
+    assert d.find_element(By.ID, "notice").text == ""  # every word so far is in the model's vocabulary
+    branch = "wide shot of the same character moving up on a green background at dusk"
+    prompt.send_keys(branch, Keys.ENTER)
     wait_for(d, f"window.studio.received[1] === {N} && document.querySelectorAll('#shots .shot').length === 2 && "
                 + ALL_DONE)
     assert cards(d) == [["done", "wide shot of a red circle moving right on a blue background", True],
-                        ["done", "wide shot of the same character moving up on a green background", True]]
+                        ["done", branch, True]]
     assert d.find_element(By.ID, "error").text == ""
+    # The Shapes model's vocabulary has neither word: the page names them; the shot was made all the same.
+    assert d.find_element(By.ID, "notice").text == 'The model does not know "at", "dusk": it reads them as unknown words.'
 
     # A reload finds the tab's story again.
     d.refresh()
     wait_for(d, "document.querySelectorAll('#shots .shot img').length === 2 && " + ALL_DONE)
-    assert cards(d)[1][1] == "wide shot of the same character moving up on a green background"
+    assert cards(d)[1][1] == branch
     assert d.find_element(By.ID, "caption").get_attribute("value") == "A story about one character."
 
     # Download the story: the two shots' frames, as mp4.

@@ -94,3 +94,28 @@ def test_sentencepiece_tokenizer(model_dir, tmp_path):
     ids, mask = enc.tokenize("a man  walks")
     want = sp.encode("a man walks") + [1]
     assert list(ids[:len(want)]) == want and mask.sum() == len(want) and not ids[len(want):].any()
+
+
+def test_unknown_words_warned(enc):
+    """Reference: the vocabulary the tokenizer was built from (WORDS); the model reads the rest as <unk> (id 2)."""
+    words = "a purple man walks dragon".split()
+    with pytest.warns(UserWarning, match="does not know 'purple', 'dragon'"):
+        ids, mask = enc.tokenize("a purple man walks  dragon")
+    assert [int(i) for i in ids[:mask.sum()]] == [WORDS.index(w) + 3 if w in WORDS else 2 for w in words] + [1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        enc.tokenize("the red car runs night")
+
+
+def test_sentencepiece_unknown_words(model_dir, tmp_path):
+    """Reference: sentencepiece's own pieces; characters absent from its training text are <unk>."""
+    import sentencepiece as spm
+    corpus = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))] * 4
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_prefix=str(tmp_path / "spiece"),
+                                   vocab_size=40, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                   minloglevel=2)
+    enc = TextEncoder.load(str(model_dir), tokenizer_path=str(tmp_path / "spiece.model"), text_len=TEXT_LEN)
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "spiece.model"))
+    assert sp.encode("a man walks 7")[-1] == 2
+    with pytest.warns(UserWarning, match="does not know '7'"):
+        enc.tokenize("a man walks 7")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 
 from absl import flags
 from ml_collections import config_flags
@@ -24,6 +25,21 @@ def quiet_logs() -> None:
     from absl import logging
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+
+
+def plain_warnings(prog: str) -> None:
+    """User warnings (a prompt word the model does not know, a truncated prompt) as one line
+    `prog: warning: ...` above any progress bar, instead of Python's file:line form inside it."""
+    from tqdm import tqdm
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category is UserWarning:
+            tqdm.write(f"{prog}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 def fail(prog: str, message: str) -> int:

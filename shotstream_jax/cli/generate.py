@@ -61,6 +61,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     common.quiet_logs()
+    common.plain_warnings(PROG)
     from shotstream_jax.pipeline import ShotStream
     from shotstream_jax.story import StoryError, check_prompt, load_story
     from shotstream_jax.video_io import VideoWriter

@@ -62,7 +62,8 @@ def create_app(pipe) -> Starlette:
         if "global_caption" not in body:
             raise StudioError(400, "missing 'global_caption'")
         story = director.create_story(body["global_caption"], body.get("seed"))
-        return JSONResponse({"id": story.id, "seed": story.seed}, status_code=201)
+        return JSONResponse({"id": story.id, "seed": story.seed,
+                             "unknown_words": director.unknown_words(story.global_caption)}, status_code=201)
 
     async def story(request):
         sid = request.path_params["id"]
@@ -77,7 +78,8 @@ def create_app(pipe) -> Starlette:
         body = await _body(request)
         if "prompt" not in body:
             raise StudioError(400, "missing 'prompt'")
-        return JSONResponse({"index": director.add_shot(sid, body["prompt"])}, status_code=202)
+        index = director.add_shot(sid, body["prompt"])
+        return JSONResponse({"index": index, "unknown_words": director.unknown_words(body["prompt"])}, status_code=202)
 
     async def cut(request):
         return JSONResponse({"index": director.cut(request.path_params["id"])}, status_code=202)

@@ -150,6 +150,10 @@ class Director:
         self._broadcast_state()
         return shot.index
 
+    def unknown_words(self, text: str) -> list[str]:
+        """The words of `text` the model's vocabulary lacks (it reads each as an unknown word)."""
+        return self.pipe.text_encoder.tokenizer.unknown_words(clean_prompt(text))
+
     def cut(self, story_id: str) -> int:
         """Ask the shot in progress to end after its current chunk; returns its index."""
         with self._lock:

@@ -35,24 +35,34 @@ function showError(message) {
 
 // ---- the story
 
+// Words the model's vocabulary lacks (the API names them): the shot still queues, read without them.
+function showUnknown(words) {
+  const quoted = words.map((w) => `"${w}"`).join(", ");
+  $("notice").textContent = words.length ?
+    `The model does not know ${quoted}: it reads ${words.length > 1 ? "them" : "it"} as unknown words.` : "";
+}
+
 async function addShot() {
   const prompt = $("prompt").value.trim();
   if (!prompt) { showError("Describe the next shot first."); return; }
   showError("");
   try {
-    if (!studio.id) await startStory();
-    await api("POST", `/api/stories/${studio.id}/shots`, {prompt});
+    const unknown = studio.id ? [] : await startStory();
+    const answer = await api("POST", `/api/stories/${studio.id}/shots`, {prompt});
+    showUnknown(unknown.concat(answer.unknown_words));
     $("prompt").value = "";
   } catch (e) { showError(e.message); }
 }
 
+// Creates the story; returns the caption's unknown words.
 async function startStory() {
   const caption = $("caption").value.trim();
   if (!caption) throw new Error("Write a global caption first: it frames the whole story.");
   const body = {global_caption: caption};
   if ($("seed").value !== "") body.seed = Number($("seed").value);
-  const {id, seed} = await api("POST", "/api/stories", body);
+  const {id, seed, unknown_words} = await api("POST", "/api/stories", body);
   await attach(id, caption, seed);
+  return unknown_words;
 }
 
 // Show story `id` on this page and follow it live; the tab remembers it across reloads.
@@ -144,6 +154,7 @@ async function newStory() {
   const ctx = $("screen").getContext("2d");
   ctx.clearRect(0, 0, $("screen").width, $("screen").height);
   showError("");
+  showUnknown([]);
   render();
 }
 
