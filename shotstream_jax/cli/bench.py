@@ -41,6 +41,8 @@ import statistics
 
 from absl import app, flags
 
+from shotstream_jax.cli import common
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "toy", "Model directory, or random weights: toy | small-random | wan-1.3b-random | "
                     "wan-14b-random.")
@@ -334,7 +336,7 @@ def write_json(result: dict) -> int:
 
 
 def run():
-    app.run(main)
+    common.run(main, __name__)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,26 @@ from __future__ import annotations
 import sys
 import warnings
 
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
+
+
+def run(main, module: str) -> None:
+    """absl's app.run(main) for the command defined in `module`, with the same --help however it starts.
+
+    An installed console script's __main__ is pip's wrapper, and absl's --help shows __main__'s
+    docstring and the flags defined in sys.argv[0]: without this, only a bare USAGE line. Either
+    way --config, defined in this module, is listed too.
+    """
+    wrapper = sys.modules["__main__"]
+    shown = [__name__]  # --config (define_config_flag) is defined here
+    if wrapper is not sys.modules[module]:
+        wrapper.__doc__ = sys.modules[module].__doc__
+        shown.append(module)
+    for defined_in in shown:
+        for flag in flags.FLAGS.get_key_flags_for_module(defined_in):
+            flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+    app.run(main)
 
 
 def define_config_flag(default: str | None = None) -> None:

@@ -21,6 +21,7 @@ import sys
 
 from absl import app, flags
 
+from shotstream_jax.cli import common
 from shotstream_jax.cli.common import config, define_config_flag, fail
 
 FLAGS = flags.FLAGS
@@ -77,7 +78,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    common.run(main, __name__)
 
 
 if __name__ == "__main__":

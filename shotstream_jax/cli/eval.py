@@ -33,6 +33,7 @@ import warnings
 
 from absl import app, flags
 
+from shotstream_jax.cli import common
 from shotstream_jax.cli.common import fail
 
 FLAGS = flags.FLAGS
@@ -197,7 +198,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    common.run(main, __name__)
 
 
 if __name__ == "__main__":

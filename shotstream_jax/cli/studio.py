@@ -14,6 +14,7 @@ import sys
 
 from absl import app, flags
 
+from shotstream_jax.cli import common
 from shotstream_jax.cli.common import fail, quiet_logs
 
 FLAGS = flags.FLAGS
@@ -50,7 +51,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    common.run(main, __name__)
 
 
 if __name__ == "__main__":

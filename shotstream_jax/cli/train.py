@@ -33,6 +33,7 @@ import logging
 
 from absl import app, flags
 
+from shotstream_jax.cli import common
 from shotstream_jax.cli.common import config, define_config_flag, fail
 
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, tensorboard/, export/.")
@@ -89,7 +90,7 @@ def main(argv):
 
 def run():
     define_config_flag()
-    app.run(main)
+    common.run(main, __name__)
 
 
 if __name__ == "__main__":
