@@ -4,6 +4,7 @@ References: the reconstruction loss written out in the test on a freshly built W
 statistics recomputed from the exported VAE, the world tokenizer through text.Tokenizer, and a
 model directory written in the test for the loader."""
 import json
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -129,10 +130,11 @@ def test_teacher_story_builds_every_shot_as_training_does():
         assert ex["context_shot"].tolist() == [shot for shot, _ in picks] and ex["target_shot"] == k
 
 
-def test_teacher_videos_are_written_and_scored(tmp_path):
+def test_teacher_videos_are_written_and_scored(tmp_path, caplog):
     """End to end on a random toy-sized teacher and VAE: one video per story, of the story's length, then
     scored by `evaluate` (random weights: only that it runs through and counts every shot). The teacher
-    is built as its own config.json says, not as the config's model section (here: other heads)."""
+    is built as its own config.json says, not as the config's model section (here: other heads), and
+    its sampler compiles once for all shots (the first one, without history, included)."""
     from shotstream_jax.eval import shapes as eval_shapes
     config, dit, vae, text = default_model.build()
     model_dir.save(str(tmp_path / "m"), dit, vae=vae, text_model=text.model, tokenizer="bytes", config=config)
@@ -145,7 +147,9 @@ def test_teacher_videos_are_written_and_scored(tmp_path):
     cfg.model.num_heads *= 2
     cfg.train.update(teacher_dir=str(tmp_path / "m"), ode_steps=2, uncond_text="zeros")
     cfg.data.encoder_dir = str(tmp_path / "m")
-    eval_shapes.generate_teacher_videos(cfg, str(stories), str(tmp_path / "v"))
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING):
+        eval_shapes.generate_teacher_videos(cfg, str(stories), str(tmp_path / "v"))
+    assert len([r for r in caplog.records if "Compiling jit(teacher_sample)" in r.getMessage()]) == 1
     from shotstream_jax.video_io import read_video
     frames, _ = read_video(str(tmp_path / "v" / "s.mp4"))
     assert frames.shape == (len(story.shots) * config.video.shot_frames, config.video.height, config.video.width, 3)

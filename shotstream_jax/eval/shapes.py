@@ -310,11 +310,14 @@ def generate_teacher_videos(cfg, stories_path: str, out_dir: str, seed: int = 0,
     latent = (s.shot_latent_frames, cfg.video.height // 8, cfg.video.width // 8, vae.cfg.z_dim)
 
     @jax.jit
-    def sample(params, ex, key):
+    def teacher_sample(params, ex, key):
         ex = dict(ex, target=jnp.zeros(latent, jnp.float32))
-        if ex["context"] is None:
-            ex["context"] = jnp.zeros((s.context_frames,) + latent[1:], jnp.float32)
         return stages.ode_trajectory(cfg, nnx.merge(graphdef, params), ex, key, uncond)[1]
+
+    def sample(ex, key):  # the first shot's missing context as zeros: one compile for every shot
+        if ex["context"] is None:
+            ex = dict(ex, context=np.zeros((s.context_frames,) + latent[1:], np.float32))
+        return teacher_sample(params, ex, key)
 
     decode = nnx.jit(lambda m, z: m.decode(m.cfg.denormalize(z[None]))[0])
     os.makedirs(out_dir, exist_ok=True)
@@ -322,7 +325,7 @@ def generate_teacher_videos(cfg, stories_path: str, out_dir: str, seed: int = 0,
         path = os.path.join(out_dir, st["video"])
         if os.path.exists(path):
             continue
-        shots = teacher_story(cfg, lambda ex, k: sample(params, ex, k), encode_video, encode_text,
+        shots = teacher_story(cfg, sample, encode_video, encode_text,
                               lambda z: decode(vae, z), st["global_caption"], st["shots"],
                               jax.random.fold_in(jax.random.PRNGKey(seed), i))
         with VideoWriter(path, fps=cfg.video.fps) as w:
