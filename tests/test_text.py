@@ -82,15 +82,22 @@ def test_shot_prompt_matches_shotstream():
                                                                                         "G.shot1:second"]
 
 
-def test_sentencepiece_tokenizer(model_dir, tmp_path):
-    """Reference: sentencepiece's own encode + T5's trailing </s> (as the umT5 spiece.model is used)."""
+@pytest.fixture(scope="module")
+def spiece(model_dir, tmp_path_factory):
+    """(TextEncoder on a sentencepiece model trained on WORDS, sentencepiece's own processor)."""
     import sentencepiece as spm
+    path = tmp_path_factory.mktemp("spiece")
     corpus = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))] * 4
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_prefix=str(tmp_path / "spiece"),
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_prefix=str(path / "spiece"),
                                    vocab_size=40, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
                                    minloglevel=2)
-    enc = TextEncoder.load(str(model_dir), tokenizer_path=str(tmp_path / "spiece.model"), text_len=TEXT_LEN)
-    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "spiece.model"))
+    enc = TextEncoder.load(str(model_dir), tokenizer_path=str(path / "spiece.model"), text_len=TEXT_LEN)
+    return enc, spm.SentencePieceProcessor(model_file=str(path / "spiece.model"))
+
+
+def test_sentencepiece_tokenizer(spiece):
+    """Reference: sentencepiece's own encode + T5's trailing </s> (as the umT5 spiece.model is used)."""
+    enc, sp = spiece
     ids, mask = enc.tokenize("a man  walks")
     want = sp.encode("a man walks") + [1]
     assert list(ids[:len(want)]) == want and mask.sum() == len(want) and not ids[len(want):].any()
@@ -107,15 +114,9 @@ def test_unknown_words_warned(enc):
         enc.tokenize("the red car runs night")
 
 
-def test_sentencepiece_unknown_words(model_dir, tmp_path):
+def test_sentencepiece_unknown_words(spiece):
     """Reference: sentencepiece's own pieces; characters absent from its training text are <unk>."""
-    import sentencepiece as spm
-    corpus = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))] * 4
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_prefix=str(tmp_path / "spiece"),
-                                   vocab_size=40, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-                                   minloglevel=2)
-    enc = TextEncoder.load(str(model_dir), tokenizer_path=str(tmp_path / "spiece.model"), text_len=TEXT_LEN)
-    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "spiece.model"))
+    enc, sp = spiece
     assert sp.encode("a man walks 7")[-1] == 2
     with pytest.warns(UserWarning, match="does not know '7'"):
         enc.tokenize("a man walks 7")
