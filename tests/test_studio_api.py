@@ -482,5 +482,10 @@ def test_answers_name_words_the_model_does_not_know():
     r = client.post(f"/api/stories/{sid}/shots",
                     json={"prompt": "wide shot of a purple circle moving left on a red background"})
     assert r.status_code == 202 and r.json() == {"index": 0, "unknown_words": ["purple"]}
-    r = client.post("/api/stories", json={"global_caption": "A  Sad story about one character."})
+    r = client.post("/api/stories", json={"global_caption": "A  Sad story about one character"})
     assert r.json()["unknown_words"] == ["Sad"]
+    # A shot's words are those of the text the model reads: caption + "shot0:" + prompt. Without a
+    # final full stop the caption's last word runs into the shot marker.
+    r = client.post(f"/api/stories/{r.json()['id']}/shots",
+                    json={"prompt": "wide shot of a red circle moving left on a blue background"})
+    assert r.json() == {"index": 0, "unknown_words": ["Sad", "charactershot0"]}

@@ -78,8 +78,8 @@ def create_app(pipe) -> Starlette:
         body = await _body(request)
         if "prompt" not in body:
             raise StudioError(400, "missing 'prompt'")
-        index = director.add_shot(sid, body["prompt"])
-        return JSONResponse({"index": index, "unknown_words": director.unknown_words(body["prompt"])}, status_code=202)
+        index, unknown = director.add_shot(sid, body["prompt"])
+        return JSONResponse({"index": index, "unknown_words": unknown}, status_code=202)
 
     async def cut(request):
         return JSONResponse({"index": director.cut(request.path_params["id"])}, status_code=202)

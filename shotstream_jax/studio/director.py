@@ -134,7 +134,9 @@ class Director:
         with self._lock:
             return self._snapshot(self._get(story_id))
 
-    def add_shot(self, story_id: str, prompt) -> int:
+    def add_shot(self, story_id: str, prompt) -> tuple[int, list[str]]:
+        """Queue a shot; returns its index and the words of the text the model reads for it (global
+        caption + "shot{i}:" + prompt) that its vocabulary lacks."""
         with self._lock:
             story = self._get(story_id)
             index = len(story.shots)
@@ -148,7 +150,7 @@ class Director:
             self._queue.append((story, shot))
             self._wake.notify()
         self._broadcast_state()
-        return shot.index
+        return shot.index, self.unknown_words(shot_prompt(story.global_caption, shot.index, prompt))
 
     def unknown_words(self, text: str) -> list[str]:
         """The words of `text` the model's vocabulary lacks (it reads each as an unknown word)."""

@@ -49,7 +49,7 @@ async function addShot() {
   try {
     const unknown = studio.id ? [] : await startStory();
     const answer = await api("POST", `/api/stories/${studio.id}/shots`, {prompt});
-    showUnknown(unknown.concat(answer.unknown_words));
+    showUnknown([...new Set(unknown.concat(answer.unknown_words))]);
     $("prompt").value = "";
   } catch (e) { showError(e.message); }
 }
