@@ -104,7 +104,7 @@ class Tokenizer:
             enc = self._hf.encode(text)
             return [text[a:b] for i, (a, b) in zip(enc.ids, enc.offsets) if i == self.unk_id]
         pieces = self._sp.encode(text, out_type=str)  # an unknown piece keeps its own text
-        return [p for p, i in zip(pieces, self._sp.encode(text)) if i == self.unk_id]
+        return [p for p in pieces if self._sp.piece_to_id(p) == self.unk_id]
 
 
 class ByteTokenizer:
