@@ -30,7 +30,8 @@ context pass), compile_s (the two warm-up shots' time minus the first two
 timed shots'), text_encode_s, peak_memory_bytes and peak_memory_source, mfu
 and mfu_note (model FLOPs of the DiT passes, formula in shotstream_jax/perf.py,
 over the shots' time after text encoding and the device's dense bf16 peak;
-null on CPUs and unknown devices), flops_per_shot, device, config.
+null on CPUs and unknown devices), flops_per_shot, device, config; with
+--time_vae also vae_decode_chunk_s and fps_without_vae.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ import dataclasses
 import json
 import os
 import statistics
+import time
 
 from absl import app, flags
 
@@ -56,6 +58,9 @@ flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "fp8"],
                   "fp8: bf16 with the DiT blocks' linear layers as E4M3 matmuls (per-tensor scales).")
 flags.DEFINE_integer("scan_unroll", None, "Unroll factor of the scan over DiT blocks.")
 flags.DEFINE_string("attention_impl", None, "Attention implementation (auto|xla|cudnn|pallas|...).")
+flags.DEFINE_boolean("time_vae", False, "Also time the VAE's decode of one later chunk alone (jitted, to uint8, median "
+                     "of 5 on random latents) and report vae_decode_chunk_s and fps_without_vae: the timed shots' "
+                     "frames over their time less every chunk's decode (one more compile).")
 flags.DEFINE_integer("seed", 0, "Seed of the random weights and noise.")
 flags.DEFINE_boolean("dry_run", False, "Print the static cost report instead of running: per chunk, DiT FLOPs split "
                      "into matmuls, cross-attention and self-attention (useful / executed by a prefix-bounded kernel "
@@ -226,6 +231,30 @@ def print_report(r: dict) -> None:
             print(f"  roofline {dev}: {f['fps']:.1f} fps (dense-mask attention: {f['fps_dense_attention']:.1f} fps)")
 
 
+def vae_chunk_seconds(pipe, repeats: int = 5) -> float:
+    """Median seconds of the streaming VAE decode of one later chunk (to uint8), alone in its own jitted call."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from shotstream_jax.pipeline import to_uint8
+
+    @jax.jit
+    def decode(state, z, cache):
+        frames, cache = nnx.merge(pipe._vae_graphdef, state).decode_chunk(z, cache)
+        return to_uint8(frames[0]), cache
+
+    z = jax.random.normal(jax.random.PRNGKey(0), (1, pipe.chunk_frames, *pipe.latent_hw, pipe.vae.cfg.z_dim))
+    _, cache = decode(pipe._vae_state, z, pipe.vae.init_decode_cache(1, *pipe.latent_hw))  # the first chunk
+    jax.block_until_ready(decode(pipe._vae_state, z, cache))  # compiles the later-chunk kind
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(decode(pipe._vae_state, z, cache))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def bench(pipe, shots: int, seed: int, profile_dir: str | None) -> dict:
     """Stream `shots` shots through a `pipeline.ShotStream` session and collect the figures."""
     import jax
@@ -317,7 +346,13 @@ def main(argv):
     except (ValueError, OSError) as e:
         return fail(PROG, str(e))
     result = bench(pipe, FLAGS.shots, FLAGS.seed, FLAGS.profile_dir)
-    for k in ("device", "fps", "first_frame_latency_s", "compile_s", "text_encode_s", "peak_memory_bytes", "mfu"):
+    keys = ["device", "fps", "first_frame_latency_s", "compile_s", "text_encode_s", "peak_memory_bytes", "mfu"]
+    if FLAGS.time_vae:
+        vae_s = vae_chunk_seconds(pipe)
+        dit_s = sum(result["seconds_per_shot"]) - vae_s * sum(len(c) for c in result["per_chunk_s"])
+        result.update(vae_decode_chunk_s=vae_s, fps_without_vae=sum(result["frames_per_shot"]) / dit_s)
+        keys += ["vae_decode_chunk_s", "fps_without_vae"]
+    for k in keys:
         print(f"{k}: {result[k]}")
     for i, chunk_s in enumerate(result["per_chunk_s"], 1):
         print(f"shot {i} per-chunk s: {' '.join(f'{x:.4f}' for x in chunk_s)}")
