@@ -1,7 +1,14 @@
-"""Shared test set-up: float32 matmuls at full precision on CPU, quiet logs."""
+"""Shared test set-up: float32 matmuls at full precision on CPU, quiet logs, a compilation cache of our own."""
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+# The commands' persistent compilation cache ($XDG_CACHE_HOME/shotstream_jax/xla) in a directory of this
+# test run, not the user's: commands started by the tests share it, and it goes when the run ends.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="shotstream-tests-cache-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 
 import jax  # noqa: E402
 
@@ -14,9 +21,9 @@ import sys  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_python(*args, stdin=None, timeout=600):
-    """Run `python ARGS` with this checkout first on the path (installed or not)."""
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def run_python(*args, stdin=None, timeout=600, env=None):
+    """Run `python ARGS` with this checkout first on the path (installed or not); `env` adds variables."""
+    env = dict(os.environ, **(env or {}), PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, input=stdin,
                           env=env, cwd=REPO, timeout=timeout)
 

@@ -103,11 +103,45 @@ def test_peak_flops_table(kind, peak):
     assert perf.peak_flops(kind) == peak
 
 
+def test_random_weights_statistics():
+    """Reference: the stated fill (matrices N(0, 1/fan_in), vectors 1) checked on a small umT5 of 2 layers."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from shotstream_jax.cli.bench import random_weights
+    from shotstream_jax.models.umt5 import UMT5Config, UMT5Encoder
+    cfg = UMT5Config.from_size("xxl", vocab_size=256, d_model=256, d_kv=32, d_ff=512, num_heads=8, num_layers=2,
+                               dtype="bfloat16", param_dtype="bfloat16")
+    make = lambda: UMT5Encoder(cfg, rngs=nnx.Rngs(0))
+    model = random_weights(make, seed=3)
+    abstract = jax.tree.leaves(nnx.state(nnx.eval_shape(make)))
+    leaves = jax.tree.leaves(nnx.state(model))
+    assert [(x.shape, x.dtype) for x in leaves] == [(a.shape, a.dtype) for a in abstract]
+    matrices = 0
+    for x in leaves:
+        x = np.asarray(x, np.float32)
+        if x.ndim < 2:
+            assert (x == 1).all()
+            continue
+        matrices += 1
+        std = 1 / np.sqrt(np.prod(x.shape[:-1]))
+        # five standard errors of the sample mean and of the sample standard deviation
+        assert abs(x.mean()) < 5 * std / np.sqrt(x.size), x.shape
+        assert abs(x.std() / std - 1) < 5 / np.sqrt(2 * x.size), x.shape
+    assert matrices >= 2 * 7  # q, k, v, o, wi_0, wi_1, wo per layer
+    # Distinct leaves of one shape get distinct draws; the same seed gives the same weights.
+    q0, q1 = model.blocks[0].attn.q.kernel.value, model.blocks[1].attn.q.kernel.value
+    assert not jnp.array_equal(q0, q1)
+    assert jnp.array_equal(random_weights(make, seed=3).blocks[0].attn.q.kernel.value, q0)
+
+
 def test_cli_json_fields(tmp_path):
     """Reference: the field list and types promised by `shotstream-bench --help`, on the toy model."""
     out = tmp_path / "bench.json"
     r = run_python("-m", "shotstream_jax.cli.bench", "--model=toy", "--shots=2", f"--json={out}",
-                   "--height=16", "--width=16", timeout=300)
+                   "--height=16", "--width=16", "--time_vae", timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     d = json.loads(out.read_text())
     for key in ("fps", "first_frame_latency_s", "compile_s", "text_encode_s", "achieved_flops_per_s"):
@@ -122,6 +156,12 @@ def test_cli_json_fields(tmp_path):
     assert d["config"]["height"] == 16 and d["config"]["width"] == 16 and d["config"]["dit"]["num_layers"] == 2
     assert len(d["flops_per_shot"]) == 2 and d["flops_per_shot"][1] > d["flops_per_shot"][0] > 0
     assert "ShotStream" in d["pipeline"] and d["config"]["umt5"]["d_model"] == 32
+    # --time_vae: the shots' frames over their time less 7 chunk decodes each
+    assert 0 < d["vae_decode_chunk_s"] < min(d["seconds_per_shot"])
+    dit_s = sum(d["seconds_per_shot"]) - 14 * d["vae_decode_chunk_s"]
+    assert d["fps_without_vae"] == pytest.approx(162 / dit_s)
+    # progress: one line per shot on stderr as it ends, warm-up shots included
+    assert r.stderr.count("shot ") >= 4 and "warm-up" in r.stderr
 
 
 def test_cli_dry_run_report(tmp_path):
@@ -146,3 +186,17 @@ def test_cli_rejects_unknown_model():
     r = run_python("-m", "shotstream_jax.cli.bench", "--model=/no/such/dir", "--shots=1")
     assert r.returncode == 1
     assert "--model='/no/such/dir'" in r.stderr and "shotstream-convert" in r.stderr
+
+
+def test_trace_summary_sums_by_timeline_and_op():
+    """Reference: durations of a hand-written trace added up by hand."""
+    from benchmarks.trace_summary import summarize
+    meta = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
+            {"ph": "M", "name": "thread_name", "pid": 1, "tid": 7, "args": {"name": "Stream #1"}},
+            {"ph": "M", "name": "thread_name", "pid": 1, "tid": 8, "args": {"name": "idle"}}]
+    ops = [("fusion.1", 30.0), ("fusion.22", 20.0), ("gemm_bf16", 40.0), ("fusion", 10.0)]
+    events = meta + [{"ph": "X", "pid": 1, "tid": 7, "name": n, "ts": 0, "dur": d} for n, d in ops]
+    events.append({"ph": "X", "pid": 1, "tid": 8, "name": "tiny", "ts": 0, "dur": 0.5})  # < 1% of the busiest
+    (name, busy, ranked), = summarize({"traceEvents": events}, top=5)
+    assert name == "/device:GPU:0 / Stream #1" and busy == 100.0
+    assert ranked == [("fusion", 60.0, 3), ("gemm_bf16", 40.0, 1)]

@@ -50,6 +50,24 @@ def test_interactive_stdin(tmp_path):
     assert frames.shape == (n, h, w, 3) and fps == 16
 
 
+def test_compilation_cache_reused(tmp_path):
+    # The first run writes its compiled steps under $XDG_CACHE_HOME/shotstream_jax/xla; a second run
+    # with the same shapes reads every one of them back (a miss would write its entry again).
+    story = tmp_path / "story.json"
+    story.write_text(json.dumps({"global_caption": "A story about one character.",
+                                 "shot1": "wide shot of a white square moving left on a green background"}))
+    env = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    r = run_python(*GEN, f"--story={story}", f"--out={tmp_path / 'a.mp4'}", env=env)
+    assert r.returncode == 0, r.stderr
+    cache = tmp_path / "xdg" / "shotstream_jax" / "xla"
+    entries = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+    assert any("stream_chunk" in name for name in entries), sorted(entries)
+    r = run_python(*GEN, f"--story={story}", f"--out={tmp_path / 'b.mp4'}", f"--compilation_cache={cache}")
+    assert r.returncode == 0, r.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == entries
+    assert (tmp_path / "a.mp4").read_bytes() == (tmp_path / "b.mp4").read_bytes()
+
+
 @pytest.mark.parametrize("content, needle", [
     ("{broken", "not valid JSON"),
     ('{"global_caption": "g", "shots": ["ok", ""]}', "shots[1] is empty"),

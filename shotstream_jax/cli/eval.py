@@ -50,6 +50,8 @@ flags.DEFINE_string("out_dir", "eval_out", "Where the mp4s and metrics.json go (
 flags.DEFINE_integer("seed", 0, "Random seed for every story.")
 flags.DEFINE_integer("limit", 0, "Evaluate only the first N stories or videos (0: all).")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
+common.define_compilation_cache_flag("with --testset, $XDG_CACHE_HOME/shotstream_jax/xla, else "
+                                     "~/.cache/shotstream_jax/xla")
 
 PROG = "shotstream-eval"
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
@@ -89,6 +91,7 @@ def run_testset():
         paths = paths[:FLAGS.limit]
     stories = [(p, load_story(p)) for p in paths]  # every file checked before any generation
     os.makedirs(FLAGS.out_dir, exist_ok=True)
+    common.use_compilation_cache(common.user_cache_dir())
     pipe = ShotStream.load(FLAGS.model)
     results = {}
     for path, story in tqdm(stories, desc="stories", disable=not FLAGS.progress, file=sys.stderr):

@@ -27,6 +27,7 @@ flags.DEFINE_string("out", "story.mp4", "Output mp4 (16 fps H.264; written atomi
 flags.DEFINE_string("model", None, "Model directory (default: the bundled default model).")
 flags.DEFINE_integer("seed", 0, "Random seed; the same seed and prompts give the same video.")
 flags.DEFINE_bool("progress", True, "Show a progress bar per shot.")
+common.define_compilation_cache_flag("$XDG_CACHE_HOME/shotstream_jax/xla, else ~/.cache/shotstream_jax/xla")
 
 PROG = "shotstream-generate"
 
@@ -62,6 +63,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     common.quiet_logs()
     common.plain_warnings(PROG)
+    common.use_compilation_cache(common.user_cache_dir())
     from shotstream_jax.pipeline import ShotStream
     from shotstream_jax.story import StoryError, check_prompt, load_story
     from shotstream_jax.video_io import VideoWriter

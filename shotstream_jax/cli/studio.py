@@ -21,6 +21,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "Model directory (default: the bundled default model).")
 flags.DEFINE_string("host", "127.0.0.1", "Address to listen on (0.0.0.0: every interface).")
 flags.DEFINE_integer("port", 8000, "Port to listen on.")
+common.define_compilation_cache_flag("$XDG_CACHE_HOME/shotstream_jax/xla, else ~/.cache/shotstream_jax/xla")
 
 PROG = "shotstream-studio"
 
@@ -36,6 +37,7 @@ def main(argv):
         socket.create_server((FLAGS.host, FLAGS.port), family=family).close()
     except OSError as e:
         return fail(PROG, f"cannot listen on {FLAGS.host}:{FLAGS.port}: {e.strerror or e}")
+    common.use_compilation_cache(common.user_cache_dir())
     import uvicorn
 
     from shotstream_jax.pipeline import ShotStream

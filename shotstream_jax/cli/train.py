@@ -47,8 +47,7 @@ flags.DEFINE_bool("export_only", False, "Write WORKDIR's checkpoint (latest, or 
 flags.DEFINE_integer("export_step", None, "With --export_only: the checkpoint step (default the latest).")
 flags.DEFINE_string("export_dir", None, "With --export_only: the model directory (default WORKDIR/export).")
 flags.DEFINE_string("profile_steps", None, "FIRST,LAST: a jax.profiler trace of those steps in WORKDIR/profile.")
-flags.DEFINE_string("compilation_cache", "", "Persistent XLA compilation cache directory (local or gs://); "
-                    "default WORKDIR/compilation_cache; 'none' turns it off.")
+common.define_compilation_cache_flag("WORKDIR/compilation_cache")
 FLAGS = flags.FLAGS
 
 
@@ -58,17 +57,13 @@ def main(argv):
     if not FLAGS.workdir:
         return fail("shotstream-train", "--workdir is required (where checkpoints and metrics go)")
     logging.getLogger().setLevel(logging.INFO)
-    import jax
-
     from shotstream_jax.train import loop, memory
     cfg = config()
     try:
         if FLAGS.dry_run:
             print(memory.report(cfg, chips=FLAGS.dry_run_chips))
             return 0
-        if FLAGS.compilation_cache != "none":
-            jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache
-                              or f"{FLAGS.workdir.rstrip('/')}/compilation_cache")
+        common.use_compilation_cache(f"{FLAGS.workdir.rstrip('/')}/compilation_cache")
         if FLAGS.export_only:
             out = FLAGS.export_dir or f"{FLAGS.workdir.rstrip('/')}/export"
             step = loop.export_checkpoint(cfg, FLAGS.workdir, out, FLAGS.export_step)
