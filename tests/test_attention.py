@@ -102,16 +102,18 @@ def test_tpu_splash_interpret_matches_xla(case):
     _check_against_reference(fn, *shape, dtype, mask_kind, 1e-5)
 
 
+_GPU_CASES = [CASES[3], CASES[5], (1, 1560, 9360, 4, 128, jnp.bfloat16, "len")]
+
+
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="runs the compiled kernels on a GPU")
-@pytest.mark.parametrize("impl", ["pallas", "cudnn"])
-@pytest.mark.parametrize("case", [CASES[3], CASES[5], (1, 1560, 9360, 4, 128, jnp.bfloat16, "len")],
-                         ids=_case_id)
+@pytest.mark.parametrize("impl, case", [("pallas", c) for c in _GPU_CASES]
+                         # cuDNN's flash attention takes bf16/f16 only
+                         + [("cudnn", c) for c in _GPU_CASES if c[5] == jnp.bfloat16],
+                         ids=lambda x: x if isinstance(x, str) else _case_id(x))
 def test_gpu_kernels_match_xla(impl, case):
     # The compiled kernels with their default tiles; the reference in float32 (conftest: full matmul
     # precision); f32 kernels may run their dots in TF32.
     *shape, dtype, mask_kind = case
-    if impl == "cudnn" and dtype != jnp.bfloat16:
-        pytest.skip("cuDNN's flash attention takes bf16/f16 only")
     fn = lambda q, k, v, mask: attention(q, k, v, mask, impl=impl)
     _check_against_reference(fn, *shape, dtype, mask_kind, 2e-2 if dtype == jnp.bfloat16 else 2e-3)
 

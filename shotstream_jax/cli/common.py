@@ -44,7 +44,8 @@ def user_cache_dir() -> str:
     return os.path.join(root, "shotstream_jax", "xla")
 
 
-def define_compilation_cache_flag(default: str) -> None:
+def define_compilation_cache_flag(default: str = "$XDG_CACHE_HOME/shotstream_jax/xla, else "
+                                                  "~/.cache/shotstream_jax/xla") -> None:
     flags.DEFINE_string(
         "compilation_cache", "",
         "Persistent XLA compilation cache directory (local or gs://): a later run with the same model and video "

@@ -50,8 +50,7 @@ flags.DEFINE_string("out_dir", "eval_out", "Where the mp4s and metrics.json go (
 flags.DEFINE_integer("seed", 0, "Random seed for every story.")
 flags.DEFINE_integer("limit", 0, "Evaluate only the first N stories or videos (0: all).")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
-common.define_compilation_cache_flag("with --testset, $XDG_CACHE_HOME/shotstream_jax/xla, else "
-                                     "~/.cache/shotstream_jax/xla")
+common.define_compilation_cache_flag()  # used by --testset
 
 PROG = "shotstream-eval"
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")

@@ -27,7 +27,7 @@ flags.DEFINE_string("out", "story.mp4", "Output mp4 (16 fps H.264; written atomi
 flags.DEFINE_string("model", None, "Model directory (default: the bundled default model).")
 flags.DEFINE_integer("seed", 0, "Random seed; the same seed and prompts give the same video.")
 flags.DEFINE_bool("progress", True, "Show a progress bar per shot.")
-common.define_compilation_cache_flag("$XDG_CACHE_HOME/shotstream_jax/xla, else ~/.cache/shotstream_jax/xla")
+common.define_compilation_cache_flag()
 
 PROG = "shotstream-generate"
 

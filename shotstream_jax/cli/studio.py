@@ -21,7 +21,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "Model directory (default: the bundled default model).")
 flags.DEFINE_string("host", "127.0.0.1", "Address to listen on (0.0.0.0: every interface).")
 flags.DEFINE_integer("port", 8000, "Port to listen on.")
-common.define_compilation_cache_flag("$XDG_CACHE_HOME/shotstream_jax/xla, else ~/.cache/shotstream_jax/xla")
+common.define_compilation_cache_flag()
 
 PROG = "shotstream-studio"
 
