@@ -53,15 +53,21 @@ if [ ! -d "$RUN/latents" ]; then
   mv "$RUN/latents.tmp" "$RUN/latents"
 fi
 
-train teacher teacher "${ENC[@]}"
-# A second cosine cycle from the first teacher (configs/shapes/teacher_more.py says why).
-train teacher_more teacher_more "${ENC[@]}" --config.train.init_dir="$RUN/teacher/export"
-# More cycles with the second's settings, each from the one before (one more cycle: one more name here).
-prev=teacher_more
-for cycle in teacher_third teacher_fourth; do
-  train "$cycle" teacher_more "${ENC[@]}" --config.train.init_dir="$RUN/$prev/export"
-  prev=$cycle
-done
+if [ "${TEACHER:-cycles}" = long ]; then
+  # One long cycle at batch 32 (configs/shapes/teacher_long.py): minutes on a GPU, many hours on 2 CPU cores.
+  train teacher_long teacher_long "${ENC[@]}"
+  prev=teacher_long
+else
+  train teacher teacher "${ENC[@]}"
+  # A second cosine cycle from the first teacher (configs/shapes/teacher_more.py says why).
+  train teacher_more teacher_more "${ENC[@]}" --config.train.init_dir="$RUN/teacher/export"
+  # More cycles with the second's settings, each from the one before (one more cycle: one more name here).
+  prev=teacher_more
+  for cycle in teacher_third teacher_fourth; do
+    train "$cycle" teacher_more "${ENC[@]}" --config.train.init_dir="$RUN/$prev/export"
+    prev=$cycle
+  done
+fi
 TEACHER_DIR="$RUN/$prev/export"   # the last cycle: the teacher every later stage and the teacher score use
 TEACHER=(--config.train.teacher_dir="$TEACHER_DIR")
 say "ode_pairs: teacher trajectories (skips the ones already written)"

@@ -135,6 +135,14 @@ def test_preencoded_examples_equal_online_ones(toy_dir, tmp_path):
     stored = pipeline.PreencodedSource(str(tmp_path / "pre"))[1]
     for k, v in online.items():
         np.testing.assert_allclose(stored[k], v, rtol=2e-3, atol=2e-3, err_msg=k)
+    # keep_in_memory: the second read comes from memory, even once the file is gone.
+    plain = pipeline.PreencodedSource(str(tmp_path / "pre"))
+    kept = pipeline.PreencodedSource(str(tmp_path / "pre"), keep_in_memory=True)
+    first = kept[1]
+    kept.files[1].unlink()
+    assert kept[1] is first
+    with pytest.raises(FileNotFoundError):
+        plain[1]
 
 
 def test_encoders_from_a_full_model_directory(toy_dir, tmp_path):

@@ -73,7 +73,7 @@ def _source(cfg, workdir: str, mesh):
         if not cfg.train.ode_dir and cfg.size == "toy" and not _agreed(ode_dir.is_dir()):
             log.info("toy run without ODE pairs: writing them to %s first", ode_dir)
             write_ode_pairs(cfg, workdir, mesh, ode_dir)
-        return pipeline.PreencodedSource(ode_dir)
+        return pipeline.PreencodedSource(ode_dir, keep_in_memory=cfg.data.keep_in_memory)
     min_shots = cfg.train.num_shots if cfg.stage == "dmd_inter" else 2
     return _primary_first("toy_data", lambda: pipeline.source(cfg, str(workdir), min_shots=min_shots))
 
