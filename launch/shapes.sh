@@ -54,9 +54,10 @@ if [ ! -d "$RUN/latents" ]; then
 fi
 
 if [ "${TEACHER:-cycles}" = long ]; then
-  # One long cycle at batch 32 (configs/shapes/teacher_long.py): minutes on a GPU, many hours on 2 CPU cores.
+  # Two long cycles at batch 32 (configs/shapes/teacher_long*.py): 8 min on a GPU, many hours on 2 CPU cores.
   train teacher_long teacher_long "${ENC[@]}"
-  prev=teacher_long
+  train teacher_long_more teacher_long_more "${ENC[@]}" --config.train.init_dir="$RUN/teacher_long/export"
+  prev=teacher_long_more
 else
   train teacher teacher "${ENC[@]}"
   # A second cosine cycle from the first teacher (configs/shapes/teacher_more.py says why).

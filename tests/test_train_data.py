@@ -100,6 +100,11 @@ def test_batches_are_cut_to_their_shortest_target():
     b = next(iter(ds))
     assert b["target"].shape == (2, 3, 2, 2, 16) and b["ode"].shape == (2, 4, 3, 2, 2, 16)
     assert b["target_frames"].tolist() == [6, 3] and (b["target"][0] == 6).all()
+    padded = pipeline.pad_target(exs[1])  # zeros after the true frames, in time (axis 1 of the ODE states)
+    assert padded["target"].shape == (pipeline.MAX_LATENT_FRAMES, 2, 2, 16) and padded["target"].dtype == np.float32
+    assert (padded["target"][:3] == 3).all() and not padded["target"][3:].any()
+    assert padded["ode"].shape == (4, pipeline.MAX_LATENT_FRAMES, 2, 2, 16)
+    assert (padded["ode"][:, :3] == 1).all() and not padded["ode"][:, 3:].any()
 
 
 def test_resize_stretches_like_the_reference_or_crops():

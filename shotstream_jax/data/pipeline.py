@@ -137,10 +137,12 @@ def pad_target(ex):
     if n > MAX_LATENT_FRAMES:
         raise ValueError(f"target of {n} latent frames is longer than {MAX_LATENT_FRAMES} (81 pixel frames)")
 
-    def pad(x, axis):
-        widths = [(0, 0)] * x.ndim
-        widths[axis] = (0, MAX_LATENT_FRAMES - n)
-        return np.pad(x, widths)
+    def pad(x, axis):  # zeros + one copy: a tenth of np.pad's time, which set the pace of a GPU step
+        shape = list(x.shape)
+        shape[axis] = MAX_LATENT_FRAMES
+        out = np.zeros(shape, x.dtype)
+        out[(slice(None),) * axis + (slice(0, n),)] = x
+        return out
 
     out = dict(ex, target=pad(ex["target"], 0), target_frames=np.int32(n))
     if "ode" in ex:
