@@ -4,6 +4,8 @@
 #   -> inter-shot DMD -> export (RUN/model, a model directory) -> scores on 50 held-out stories.
 #
 #   launch/shapes.sh RUN_DIR             the full run (about 4 h 40 min on 2 CPU cores; stage times in the README)
+#   TEACHER=long launch/shapes.sh RUN_DIR   the teacher in two long cycles of batch 32 (teacher_long*.py) instead
+#                                        of four of batch 8: the shipped model's; 8 min on one H200, hours on a CPU
 #   QUICK=1 launch/shapes.sh RUN_DIR     every stage for a few steps: proves the chain works
 #
 # Re-running with the same RUN_DIR continues: finished stages (those with an export/) are

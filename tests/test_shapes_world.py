@@ -138,7 +138,8 @@ def test_tokenizer_covers_every_prompt(tmp_path):
             assert 2 not in ids and ids[-1] == tok.eos_id == 1 and len(ids) <= 32
 
 
-@pytest.mark.parametrize("stage", ["vae", "vae_shots", "teacher", "teacher_more", "ode_pairs", "ode_init", "dmd_intra", "dmd_inter", "generate"])
+@pytest.mark.parametrize("stage", ["vae", "vae_shots", "teacher", "teacher_more", "teacher_long", "teacher_long_more",
+                                   "ode_pairs", "ode_init", "dmd_intra", "dmd_inter", "generate"])
 def test_shapes_configs_keep_the_inference_structure(stage):
     """Reference: the issue's numbers (64x64, 16 fps, 3-latent-frame chunks, >= 3 per shot, 6 context
     frames, 4 steps) and the world's 33-frame shots (1 + 4 * 8 pixel frames)."""
@@ -148,7 +149,7 @@ def test_shapes_configs_keep_the_inference_structure(stage):
     spec.loader.exec_module(mod)
     c = mod.get_config()
     s = c.shotstream
-    assert c.stage == {"vae_shots": "vae", "teacher_more": "teacher"}.get(stage, stage) and (c.video.height, c.video.width, c.video.fps) == (64, 64, shapes.FPS)
+    assert c.stage == ("vae" if stage == "vae_shots" else "teacher" if stage.startswith("teacher") else stage) and (c.video.height, c.video.width, c.video.fps) == (64, 64, shapes.FPS)
     assert s.chunk_frames == 3 and s.shot_latent_frames // s.chunk_frames >= 3 and s.shot_latent_frames % 3 == 0
     assert s.context_frames == 6 and len(s.denoising_steps) == 4
     assert c.video.shot_frames == shapes.SHOT_FRAMES == 1 + 4 * (s.shot_latent_frames - 1)
