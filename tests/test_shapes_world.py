@@ -149,7 +149,8 @@ def test_shapes_configs_keep_the_inference_structure(stage):
     spec.loader.exec_module(mod)
     c = mod.get_config()
     s = c.shotstream
-    assert c.stage == ("vae" if stage == "vae_shots" else "teacher" if stage.startswith("teacher") else stage) and (c.video.height, c.video.width, c.video.fps) == (64, 64, shapes.FPS)
+    assert c.stage == ("vae" if stage == "vae_shots" else "teacher" if stage.startswith("teacher") else stage)
+    assert (c.video.height, c.video.width, c.video.fps) == (64, 64, shapes.FPS)
     assert s.chunk_frames == 3 and s.shot_latent_frames // s.chunk_frames >= 3 and s.shot_latent_frames % 3 == 0
     assert s.context_frames == 6 and len(s.denoising_steps) == 4
     assert c.video.shot_frames == shapes.SHOT_FRAMES == 1 + 4 * (s.shot_latent_frames - 1)
