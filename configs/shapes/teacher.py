@@ -11,7 +11,7 @@ the loss, and 6000 steps taught the teacher the backgrounds but not to take the
 character's colour from the prompt: at sigma 0.9 its prediction was the same
 for every colour word (with 2 heads, 9600 steps; with 4 heads, 3000 steps).
 With weight 1 it differs by colour word by step 3000; teacher_more.py goes on
-for three more cycles, which the shipped model's teacher had.
+for three more cycles (the sixth run's teacher; the shipped model's is teacher_long.py's).
 """
 from shotstream_jax.config import get_config as _get
 
