@@ -92,7 +92,7 @@ def get_config(size: str = "toy", stage: str = "teacher") -> ml_collections.Conf
     c.data = ml_collections.ConfigDict(dict(
         manifest="",             # reference CSV; empty: a toy dataset is generated in the workdir
         latents_dir="",          # pre-encoded examples (shotstream_jax.data.preencode); wins over manifest
-        # Keep pre-encoded examples in host memory after their first read (the Shapes world's: 85 MB).
+        # Keep pre-encoded examples and ODE pairs in host memory after their first read (Shapes: 85 + 260 MB).
         keep_in_memory=size == "shapes",
         encoder_dir="",          # full model dir whose VAE + umT5 encode videos/prompts (toy: TOY stand-ins)
         max_shots=5,             # prompt slots per example (videos have 2-5 shots)

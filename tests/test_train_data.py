@@ -145,7 +145,7 @@ def test_preencoded_examples_equal_online_ones(toy_dir, tmp_path):
     kept = pipeline.PreencodedSource(str(tmp_path / "pre"), keep_in_memory=True)
     first = kept[1]
     kept.files[1].unlink()
-    assert kept[1] is first
+    assert kept[1] is first and not first["target"].flags.writeable   # shared by every read: read-only
     with pytest.raises(FileNotFoundError):
         plain[1]
 
