@@ -7,6 +7,9 @@
 #   TEACHER=long launch/shapes.sh RUN_DIR   the teacher in two long cycles of batch 32 (teacher_long*.py) instead
 #                                        of four of batch 8: the shipped model's; 8 min on one H200, hours on a CPU
 #   QUICK=1 launch/shapes.sh RUN_DIR     every stage for a few steps: proves the chain works
+# Other settings (environment): STORIES=N training stories (default 400); ENCODERS=MODEL_DIR reuses that
+# model directory's VAE and text encoder (e.g. shotstream_jax/assets/default_model) instead of training
+# them; WORKERS=N processes/threads writing and pre-encoding the world (default: every core).
 #
 # Re-running with the same RUN_DIR continues: finished stages (those with an export/) are
 # skipped and the stage in progress resumes from its last checkpoint. Logs: RUN_DIR/*/metrics.jsonl.
@@ -18,13 +21,14 @@ mkdir -p "$RUN"
 RUN=$(cd "$RUN" && pwd)
 
 if [ "${QUICK:-0}" = 1 ]; then
-  STORIES=6; HELDOUT=2
+  STORIES=${STORIES:-6}; HELDOUT=2
   FAST=(--config.train.steps=2 --config.train.checkpoint_every=1 --config.train.warmup_steps=0)
   ODE=(--config.train.ode_steps=4)
 else
-  STORIES=400; HELDOUT=50
+  STORIES=${STORIES:-400}; HELDOUT=50
   FAST=(); ODE=()
 fi
+WORKERS=${WORKERS:-$(nproc)}
 
 say() { echo "[shapes $(date -u +%H:%M:%S)] $*"; }
 train() {  # train NAME CONFIG [flags...]: one shotstream-train stage, skipped once exported
@@ -35,23 +39,29 @@ train() {  # train NAME CONFIG [flags...]: one shotstream-train stage, skipped o
 }
 
 say "world: $STORIES training stories (seed 0), $HELDOUT held-out stories (seed 1)"
-$PY -m shotstream_jax.data.shapes --out="$RUN/data" --num_stories=$STORIES --seed=0
-$PY -m shotstream_jax.data.shapes --out="$RUN/heldout" --num_stories=$HELDOUT --seed=1 --noprefixes
+$PY -m shotstream_jax.data.shapes --out="$RUN/data" --num_stories=$STORIES --seed=0 --workers=$WORKERS
+$PY -m shotstream_jax.data.shapes --out="$RUN/heldout" --num_stories=$HELDOUT --seed=1 --noprefixes --workers=$WORKERS
 
-train vae vae --config.data.manifest="$RUN/data/manifest.csv" \
-  --config.text_encoder.tokenizer="$RUN/data/tokenizer.json"
-# The VAE goes on from 9-frame clips to whole shots (configs/shapes/vae_shots.py says why).
-train vae_shots vae_shots --config.data.manifest="$RUN/data/manifest.csv" \
-  --config.text_encoder.tokenizer="$RUN/data/tokenizer.json" --config.train.init_dir="$RUN/vae/export"
-# The random umT5 learns the prompts' word order (configs/shapes/text.py says why).
-train text text --config.data.manifest="$RUN/data/manifest.csv" --config.train.init_dir="$RUN/vae_shots/export"
-ENC=(--config.data.encoder_dir="$RUN/text/export" --config.data.latents_dir="$RUN/latents")
+if [ -n "${ENCODERS:-}" ]; then
+  ENC_DIR=$(cd "$ENCODERS" && pwd)
+  say "VAE and text encoder: $ENC_DIR's (no vae, vae_shots or text stage)"
+else
+  train vae vae --config.data.manifest="$RUN/data/manifest.csv" \
+    --config.text_encoder.tokenizer="$RUN/data/tokenizer.json"
+  # The VAE goes on from 9-frame clips to whole shots (configs/shapes/vae_shots.py says why).
+  train vae_shots vae_shots --config.data.manifest="$RUN/data/manifest.csv" \
+    --config.text_encoder.tokenizer="$RUN/data/tokenizer.json" --config.train.init_dir="$RUN/vae/export"
+  # The random umT5 learns the prompts' word order (configs/shapes/text.py says why).
+  train text text --config.data.manifest="$RUN/data/manifest.csv" --config.train.init_dir="$RUN/vae_shots/export"
+  ENC_DIR="$RUN/text/export"
+fi
+ENC=(--config.data.encoder_dir="$ENC_DIR" --config.data.latents_dir="$RUN/latents")
 
 if [ ! -d "$RUN/latents" ]; then
   say "pre-encoding the world with the trained VAE and the text encoder"
   rm -rf "$RUN/latents.tmp"
   $PY -m shotstream_jax.data.preencode --config=configs/shapes/teacher.py --out="$RUN/latents.tmp" \
-    --config.data.manifest="$RUN/data/manifest.csv" --config.data.encoder_dir="$RUN/text/export"
+    --config.data.manifest="$RUN/data/manifest.csv" --config.data.encoder_dir="$ENC_DIR" --workers=$WORKERS
   mv "$RUN/latents.tmp" "$RUN/latents"
 fi
 
@@ -99,7 +109,7 @@ score no_global_context "$RUN/model" --no_global_context "${A[@]}"
 say "ablation: the final student without the RoPE shot phase"
 score no_shot_phase "$RUN/model" --no_shot_phase "${A[@]}"
 say "ablation: the bidirectional teacher, shot by shot with many steps and CFG"
-score teacher "" --teacher="$TEACHER_DIR" --encoder_dir="$RUN/text/export" "${A[@]}"
+score teacher "" --teacher="$TEACHER_DIR" --encoder_dir="$ENC_DIR" "${A[@]}"
 for m in dmd_intra ode_init; do
   say "ablation: the student after $m"
   score "$m" "$RUN/$m/export" "${A[@]}"

@@ -124,6 +124,7 @@ def _add_stage(c: ml_collections.ConfigDict, stage: str, toy: bool) -> None:
     t.min_t, t.max_t = 20.0, 980.0   # DMD timestep clamp
     t.ode_steps = 10 if toy else 50  # teacher sampling steps for ODE pairs
     t.ode_guidance = 6.0
+    t.ode_examples = 0               # ODE pairs for the first N examples of the data only; 0: all
     t.num_shots = 2                  # dmd_inter: fewest shots a training video needs (all its shots are rolled out)
     t.teacher_dir = ""               # model dir of the bidirectional teacher (real score, critic init)
     t.init_dir = ""                  # model dir the trained network starts from

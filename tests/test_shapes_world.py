@@ -5,6 +5,7 @@ import re
 import numpy as np
 import pytest
 
+from shotstream_jax import video_io
 from shotstream_jax.data import manifest, shapes
 from shotstream_jax.eval import shapes as metrics
 
@@ -81,6 +82,16 @@ def test_written_dataset_reads_back_and_scores_one(tmp_path):
     assert clips[0].prompts[1].startswith(shapes.make_story(11, 0).global_caption + "shot1:")
     out = metrics.evaluate(str(tmp_path / "stories.json"), str(tmp_path))
     assert all(out[m] == 1.0 for m in metrics.METRICS), out
+
+
+def test_written_dataset_is_the_same_with_worker_processes(tmp_path):
+    """Reference: the one-process writer; worker processes must write the same videos, captions and manifest."""
+    one = shapes.write_dataset(str(tmp_path / "one"), num_stories=3, seed=11)
+    two = shapes.write_dataset(str(tmp_path / "two"), num_stories=3, seed=11, workers=2)
+    for name in ["manifest.csv", "stories.json"] + [f"{i:05d}.json" for i in range(3)]:
+        assert (tmp_path / "one" / name).read_text() == (tmp_path / "two" / name).read_text(), name
+    for a, b in zip(manifest.read_manifest(one)[0], manifest.read_manifest(two)[0]):
+        np.testing.assert_array_equal(video_io.read_video(a.video)[0], video_io.read_video(b.video)[0])
 
 
 def test_shuffled_and_recoloured_stories_score_low():

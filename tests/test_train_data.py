@@ -4,6 +4,7 @@ out here, and core's context rule."""
 import csv
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -140,6 +141,26 @@ def test_preencoded_examples_equal_online_ones(toy_dir, tmp_path):
     stored = pipeline.PreencodedSource(str(tmp_path / "pre"))[1]
     for k, v in online.items():
         np.testing.assert_allclose(stored[k], v, rtol=2e-3, atol=2e-3, err_msg=k)
+    # Worker threads: the same examples in the same files, and never two encoder calls at once (NNX modules
+    # are not thread-safe).
+    active, overlaps = [0], []
+
+    def alone(fn):
+        def call(x):
+            active[0] += 1
+            overlaps.append(active[0])
+            time.sleep(0.002)
+            active[0] -= 1
+            return fn(x)
+        return call
+
+    enc3 = (alone(enc[0]), alone(enc[1]))
+    assert preencode.preencode(cfg, str(toy_dir / "manifest.csv"), str(tmp_path / "pre3"), *enc3, workers=3) == 3
+    assert overlaps and max(overlaps) == 1
+    one, three = pipeline.PreencodedSource(str(tmp_path / "pre")), pipeline.PreencodedSource(str(tmp_path / "pre3"))
+    for i in range(3):
+        for k, v in one[i].items():
+            np.testing.assert_array_equal(three[i][k], v, err_msg=k)
     # keep_in_memory: the second read comes from memory, even once the file is gone.
     plain = pipeline.PreencodedSource(str(tmp_path / "pre"))
     kept = pipeline.PreencodedSource(str(tmp_path / "pre"), keep_in_memory=True)

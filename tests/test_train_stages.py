@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from shotstream_jax.config import get_config
+from shotstream_jax.data import pipeline
 from shotstream_jax.train import loop, stages
 from tests.conftest import run_python
 
@@ -47,10 +48,11 @@ def test_cli_reports_a_bad_mesh_cleanly(tmp_path):
 
 
 def test_ode_pairs_then_ode_init(tmp_path):
-    cfg = small("ode_init", steps=2)
+    cfg = small("ode_init", steps=2, ode_examples=2)   # pairs for the first 2 examples only
     m = loop.train(cfg, str(tmp_path), progress=False)
     assert m["step"] == 2 and np.isfinite(m["ode_loss"])
     files = sorted(f for f in os.listdir(tmp_path / "ode_pairs") if f.endswith(".npz"))
+    assert files == ["000000.npz", "000001.npz"] and len(pipeline.source(cfg, str(tmp_path))) > 2
     z = np.load(tmp_path / "ode_pairs" / files[0])
     assert z["ode"].shape == (4, 6, 4, 4, 16) and z["target"].shape == (6, 4, 4, 16)
 

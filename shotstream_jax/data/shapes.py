@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import os
 import re
 import tempfile
@@ -251,23 +252,41 @@ def write_video(path: str, frames: np.ndarray, fps: int = FPS) -> None:
             os.remove(tmp)
 
 
+def _write_story_video(job) -> None:
+    """Pool job (path, seed, index, shot_frames, size, fps): render one story and write its mp4."""
+    video, seed, i, shot_frames, size, fps = job
+    write_video(video, render_story(make_story(seed, i, size), shot_frames, size), fps)
+
+
 def write_dataset(out_dir: str, num_stories: int, seed: int = 0, shot_frames: int = SHOT_FRAMES,
-                  size: int = HEIGHT, fps: int = FPS, prefixes: bool = True, progress: bool = False) -> str:
+                  size: int = HEIGHT, fps: int = FPS, prefixes: bool = True, progress: bool = False,
+                  workers: int = 1) -> str:
     """Write stories 0..num_stories-1 of `seed` as mp4 + caption JSON + manifest.csv; returns the manifest path.
 
     `prefixes`: one manifest row per prefix of 2..n shots of each story (the training pipeline makes the
     last shot of a row its target, so every later shot becomes a next-shot example); else one row per story.
     Also writes `stories.json` (every story: video name, global caption, shot captions) for generation and
     evaluation, and the world's `tokenizer.json`. Existing videos are kept, so an interrupted run continues.
+    `workers` > 1 renders and encodes the videos in that many processes (the same files: a story depends
+    only on seed and index).
     """
     os.makedirs(out_dir, exist_ok=True)
+    names = [f"{i:05d}" for i in range(num_stories)]
+    jobs = [(os.path.join(out_dir, n + ".mp4"), seed, i, shot_frames, size, fps) for i, n in enumerate(names)]
+    jobs = [j for j in jobs if not os.path.exists(j[0])]
+    done = num_stories - len(jobs)
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 and len(jobs) > 1 else None
+    try:
+        for _ in (pool.imap_unordered(_write_story_video, jobs, chunksize=8) if pool else map(_write_story_video, jobs)):
+            done += 1
+            if progress and (done % 50 == 0 or done == num_stories):
+                print(f"shapes: {done}/{num_stories} videos in {out_dir}", flush=True)
+    finally:
+        if pool:
+            pool.terminate()
     rows, stories = [], []
-    for i in range(num_stories):
+    for i, name in enumerate(names):
         story = make_story(seed, i, size)
-        name = f"{i:05d}"
-        video = os.path.join(out_dir, name + ".mp4")
-        if not os.path.exists(video):
-            write_video(video, render_story(story, shot_frames, size), fps)
         with open(os.path.join(out_dir, name + ".json"), "w") as f:
             json.dump(story.captions, f, indent=1)
         ranges = [[k * shot_frames, (k + 1) * shot_frames] for k in range(len(story.shots))]
@@ -275,8 +294,6 @@ def write_dataset(out_dir: str, num_stories: int, seed: int = 0, shot_frames: in
             rows.append([len(story.shots), name + ".json", name + ".mp4", ranges[:n]])
         stories.append(dict(video=name + ".mp4", global_caption=story.global_caption,
                             shots=[s.caption for s in story.shots]))
-        if progress and ((i + 1) % 50 == 0 or i + 1 == num_stories):
-            print(f"shapes: {i + 1}/{num_stories} stories in {out_dir}", flush=True)
     with open(os.path.join(out_dir, "stories.json"), "w") as f:
         json.dump(dict(seed=seed, shot_frames=shot_frames, fps=fps, stories=stories), f, indent=1)
     write_tokenizer(os.path.join(out_dir, "tokenizer.json"))
@@ -287,7 +304,8 @@ def main(argv):
     del argv
     from absl import flags
     f = flags.FLAGS
-    path = write_dataset(f.out, f.num_stories, f.seed, f.shot_frames, f.size, f.fps, f.prefixes, progress=True)
+    path = write_dataset(f.out, f.num_stories, f.seed, f.shot_frames, f.size, f.fps, f.prefixes, progress=True,
+                         workers=f.workers)
     print(path)
 
 
@@ -299,6 +317,7 @@ if __name__ == "__main__":
     flags.DEFINE_integer("shot_frames", SHOT_FRAMES, "Pixel frames per shot (1 + 4k for the Wan VAE).")
     flags.DEFINE_integer("size", HEIGHT, "Frame height and width in pixels.")
     flags.DEFINE_integer("fps", FPS, "Frames per second of the videos.")
+    flags.DEFINE_integer("workers", 1, "Processes rendering and encoding videos (the files do not depend on it).")
     flags.DEFINE_bool("prefixes", True, "One manifest row per 2..n-shot prefix of each story (training data).")
     flags.mark_flag_as_required("out")
     app.run(main)

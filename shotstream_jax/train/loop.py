@@ -316,7 +316,8 @@ def export_checkpoint(cfg, workdir: str, out_dir: str, step: int | None = None) 
 
 
 def write_ode_pairs(cfg, workdir: str, mesh, out_dir: str) -> dict:
-    """Teacher trajectories with CFG for every example of the data, one .npz each (skips finished batches).
+    """Teacher trajectories with CFG for every example of the data (the first `train.ode_examples` if set),
+    one .npz each (skips finished batches).
 
     Each file holds the example's fields with `target` replaced by the teacher's
     sample and `ode` [S, T, h, w, C] its states at the student's timesteps.
@@ -332,6 +333,8 @@ def write_ode_pairs(cfg, workdir: str, mesh, out_dir: str) -> dict:
     out_dir = checkpoint.as_path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n, b = len(src), sharding.batch_shards(mesh)
+    if cfg.train.ode_examples:
+        n = min(n, cfg.train.ode_examples)
     first, count = sharding.process_rows(mesh, b)
     owner = _row_owners(mesh, b)
     path = lambda i: out_dir / f"{i:06d}.npz"
