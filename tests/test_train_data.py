@@ -187,3 +187,15 @@ def test_encoders_from_a_full_model_directory(toy_dir, tmp_path):
     one = pipeline.resize(frames[[30 * k + i]], 32, 32)
     want = vae.cfg.normalize(vae.encode(one[None]))[0, 0]
     np.testing.assert_allclose(ex["context"][0], np.asarray(want), rtol=1e-4, atol=1e-4)
+
+
+def test_model_encoder_takes_a_batch_of_videos():
+    """Reference: the VAE called on each video alone; a batch of 1-frame videos (how context frames are
+    encoded) must give the same latents, and the text encoder's output is passed through."""
+    from shotstream_jax import default_model
+    encode_video, encode_text = pipeline.model_encoders(default_model.SHIPPED)
+    frames = np.random.default_rng(0).uniform(-1, 1, (3, 1, 64, 64, 3)).astype(np.float32)
+    alone = np.stack([encode_video(f) for f in frames])
+    assert alone.shape == (3, 1, 8, 8, 16)
+    np.testing.assert_allclose(encode_video(frames), alone, rtol=1e-5, atol=1e-5)
+    assert encode_text(["wide shot of a red circle moving left on a blue background"]).shape == (1, 32, 64)

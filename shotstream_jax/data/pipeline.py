@@ -180,7 +180,7 @@ def build_example(clip: manifest.Clip, cfg, encode_video: Callable, encode_text:
                                   [b for b in cfg.data.length_buckets if b <= s.shot_latent_frames])
     tgt_idx = tgt_idx[:4 * (latent_frames - 1) + 1]
     pixels = resize(frames[np.concatenate([ctx_idx, tgt_idx])], v.height, v.width, cfg.data.resize)
-    context = np.concatenate([encode_video(p[None]) for p in pixels[:len(ctx_idx)]])
+    context = encode_video(pixels[:len(ctx_idx), None])[:, 0]   # each frame its own 1-frame video, in one call
     target = encode_video(pixels[len(ctx_idx):])
     max_shots = cfg.data.max_shots
     text = np.zeros((max_shots, cfg.model.text_len, cfg.model.text_dim), np.float32)
@@ -198,11 +198,17 @@ def model_encoders(path: str) -> tuple[Callable, Callable]:
 
 
 def encoders_of(vae, text_encoder) -> tuple[Callable, Callable]:
-    """(encode_video, encode_text) of a loaded VAE and text encoder, as `model_encoders`."""
-    encode = nnx.jit(lambda m, v: m.cfg.normalize(m.encode(v)))
+    """(encode_video, encode_text) of a loaded VAE and text encoder, as `model_encoders`.
+
+    encode_video: f32[F, H, W, 3] -> [f, h, w, 16], or a batch f32[B, F, H, W, 3] -> [B, f, h, w, 16].
+    """
+    # cached_partial: the VAE's graph is walked once, not on every call (on a GPU that walk, not the
+    # encoder, set the pace of pre-encoding).
+    encode = nnx.cached_partial(nnx.jit(lambda m, v: m.cfg.normalize(m.encode(v))), vae)
 
     def encode_video(video: np.ndarray) -> np.ndarray:
-        return np.asarray(encode(vae, jnp.asarray(video)[None]))[0]
+        video = jnp.asarray(video)
+        return np.asarray(encode(video)) if video.ndim == 5 else np.asarray(encode(video[None]))[0]
 
     def encode_text(prompts: list[str]) -> np.ndarray:
         return np.asarray(text_encoder.encode(list(prompts)))

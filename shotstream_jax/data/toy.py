@@ -81,7 +81,9 @@ _PROJ = np.random.default_rng(1234).standard_normal((3, 16)).astype(np.float32)
 
 
 def toy_encode_video(video: np.ndarray) -> np.ndarray:
-    """TOY VAE: f32[T, H, W, 3] in [-1, 1] -> f32[1 + (T-1)//4, H/8, W/8, 16]."""
+    """TOY VAE: f32[T, H, W, 3] in [-1, 1] -> f32[1 + (T-1)//4, H/8, W/8, 16]; a batch [B, T, H, W, 3] -> [B, ...]."""
+    if video.ndim == 5:
+        return np.stack([toy_encode_video(v) for v in video])
     t, h, w, _ = video.shape
     groups = [video[:1]] + [video[1 + 4 * i:5 + 4 * i] for i in range((t - 1) // 4)]
     frames = np.stack([g.mean(0) for g in groups])
