@@ -12,5 +12,5 @@ import runpy
 def get_config():
     c = runpy.run_path(str(pathlib.Path(__file__).with_name("teacher_long.py")))["get_config"]()
     c.train.lr = 3e-4
-    c.train.steps = 12500
+    c.train.steps = 15000
     return c
