@@ -169,8 +169,12 @@ def context_frame_indices(ranges, budget: int) -> tuple[np.ndarray, np.ndarray]:
     return idx, np.asarray([k for k, _ in picks], np.int32)
 
 
-def build_example(clip: manifest.Clip, cfg, encode_video: Callable, encode_text: Callable) -> Example:
-    """One manifest clip -> the example dict above; ValueError when the clip cannot be used."""
+def clip_pixels(clip: manifest.Clip, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """One clip's decoded frames: (f32[n_ctx + T, H, W, 3] in [-1, 1], context frames' shot int32[n_ctx]).
+
+    The first n_ctx frames are the context frames, the rest the target shot's; ValueError when the clip
+    cannot be used. No encoder: `preencode` runs this in worker processes.
+    """
     v, s = cfg.video, cfg.shotstream
     ranges = clip.ranges
     frames = read_video(clip.video, ranges[-1][1])
@@ -179,15 +183,26 @@ def build_example(clip: manifest.Clip, cfg, encode_video: Callable, encode_text:
     latent_frames = bucket_frames((len(tgt_idx) - 1) // 4 + 1,
                                   [b for b in cfg.data.length_buckets if b <= s.shot_latent_frames])
     tgt_idx = tgt_idx[:4 * (latent_frames - 1) + 1]
-    pixels = resize(frames[np.concatenate([ctx_idx, tgt_idx])], v.height, v.width, cfg.data.resize)
-    context = encode_video(pixels[:len(ctx_idx), None])[:, 0]   # each frame its own 1-frame video, in one call
-    target = encode_video(pixels[len(ctx_idx):])
+    return resize(frames[np.concatenate([ctx_idx, tgt_idx])], v.height, v.width, cfg.data.resize), ctx_shot
+
+
+def encode_example(clip: manifest.Clip, cfg, pixels: np.ndarray, ctx_shot: np.ndarray, encode_video: Callable,
+                   encode_text: Callable) -> Example:
+    """`clip_pixels`' output -> the example dict above."""
+    n = len(ctx_shot)
+    context = encode_video(pixels[:n, None])[:, 0]   # each frame its own 1-frame video, in one call
+    target = encode_video(pixels[n:])
     max_shots = cfg.data.max_shots
     text = np.zeros((max_shots, cfg.model.text_len, cfg.model.text_dim), np.float32)
-    text[:min(len(ranges), max_shots)] = encode_text(list(clip.prompts[:max_shots]))
+    text[:min(len(clip.ranges), max_shots)] = encode_text(list(clip.prompts[:max_shots]))
     return dict(context=context.astype(np.float32), context_shot=ctx_shot,
-                target=target.astype(np.float32), target_shot=np.int32(len(ranges) - 1),
-                text=text, num_shots=np.int32(len(ranges)))
+                target=target.astype(np.float32), target_shot=np.int32(len(clip.ranges) - 1),
+                text=text, num_shots=np.int32(len(clip.ranges)))
+
+
+def build_example(clip: manifest.Clip, cfg, encode_video: Callable, encode_text: Callable) -> Example:
+    """One manifest clip -> the example dict above; ValueError when the clip cannot be used."""
+    return encode_example(clip, cfg, *clip_pixels(clip, cfg), encode_video, encode_text)
 
 
 def model_encoders(path: str) -> tuple[Callable, Callable]:
