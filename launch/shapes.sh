@@ -9,7 +9,7 @@
 #   QUICK=1 launch/shapes.sh RUN_DIR     every stage for a few steps: proves the chain works
 # Other settings (environment): STORIES=N training stories (default 400); ENCODERS=MODEL_DIR reuses that
 # model directory's VAE and text encoder (e.g. shotstream_jax/assets/default_model) instead of training
-# them; WORKERS=N processes/threads writing and pre-encoding the world (default: every core).
+# them; WORKERS=N processes writing and decoding the world (default: every core).
 #
 # Re-running with the same RUN_DIR continues: finished stages (those with an export/) are
 # skipped and the stage in progress resumes from its last checkpoint. Logs: RUN_DIR/*/metrics.jsonl.
