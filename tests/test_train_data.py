@@ -188,3 +188,11 @@ def test_model_encoder_takes_a_batch_of_videos():
     assert alone.shape == (3, 1, 8, 8, 16)
     np.testing.assert_allclose(encode_video(frames), alone, rtol=1e-5, atol=1e-5)
     assert encode_text(["wide shot of a red circle moving left on a blue background"]).shape == (1, 32, 64)
+
+
+def test_preencode_decodes_in_order_window_by_window():
+    """Reference: the job applied clip by clip; several windows of a process pool must give the same order."""
+    import multiprocessing
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        assert list(preencode._decoded(pool, abs, list(range(-7, 0)), 3)) == [7, 6, 5, 4, 3, 2, 1]
+        assert list(preencode._decoded(pool, abs, [], 3)) == []

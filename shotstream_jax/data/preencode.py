@@ -32,6 +32,17 @@ def _pixels_or_error(clip, cfg):
         return e
 
 
+def _decoded(pool, job, clips, window: int):
+    """`job` of every clip, in order, decoded by `pool` one window ahead of the caller (bounded memory:
+    an unbounded imap would queue every clip's frames whenever the encoder is the slower side)."""
+    parts = [clips[i:i + window] for i in range(0, len(clips), window)]
+    pending = pool.map_async(job, parts[0]) if parts else None
+    for k in range(len(parts)):
+        done = pending.get()
+        pending = pool.map_async(job, parts[k + 1]) if k + 1 < len(parts) else None
+        yield from done
+
+
 def preencode(cfg, manifest_path: str, out_dir: str, encode_video, encode_text, min_shots: int = 2,
               workers: int = 1) -> int:
     """Encode every usable clip of `manifest_path` into `out_dir`; returns the number written.
@@ -46,7 +57,7 @@ def preencode(cfg, manifest_path: str, out_dir: str, encode_video, encode_text, 
     job = functools.partial(_pixels_or_error, cfg=cfg)
     try:
         with checkpoint.atomic_directory(out_dir) as tmp:
-            decoded = pool.imap(job, clips, chunksize=4) if pool else map(job, clips)
+            decoded = _decoded(pool, job, clips, 8 * workers) if pool else map(job, clips)
             for clip, px in tqdm(zip(clips, decoded), total=len(clips), desc="preencode", unit="clip"):
                 if isinstance(px, ValueError):
                     skipped += 1
