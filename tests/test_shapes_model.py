@@ -109,7 +109,7 @@ def test_teacher_story_builds_every_shot_as_training_does():
         seen.append(ex)
         return len(seen) - 1
 
-    encode_video = lambda v: v[:1, :2, :2, :1].sum(axis=(1, 2))[:, None, None] + 1000.0
+    encode_video = lambda v: v[:, :1, :2, :2, :1].sum(axis=(2, 3))[:, :, None, None] + 1000.0   # a batch of videos
     encode_text = lambda prompts: np.asarray([[[len(p), i, 7]] * 4 for i, p in enumerate(prompts)], np.float32)
     decode = lambda k: gt[k * 9:(k + 1) * 9].astype(np.float32) / 127.5 - 1.0
     captions = [s.caption for s in story.shots]

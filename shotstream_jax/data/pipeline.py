@@ -186,11 +186,16 @@ def clip_pixels(clip: manifest.Clip, cfg) -> tuple[np.ndarray, np.ndarray]:
     return resize(frames[np.concatenate([ctx_idx, tgt_idx])], v.height, v.width, cfg.data.resize), ctx_shot
 
 
+def encode_frames(encode_video: Callable, frames: np.ndarray) -> np.ndarray:
+    """Context frames f32[N, H, W, 3] -> latents [N, h, w, 16]: each frame its own 1-frame video, in one call."""
+    return encode_video(frames[:, None])[:, 0]
+
+
 def encode_example(clip: manifest.Clip, cfg, pixels: np.ndarray, ctx_shot: np.ndarray, encode_video: Callable,
                    encode_text: Callable) -> Example:
     """`clip_pixels`' output -> the example dict above."""
     n = len(ctx_shot)
-    context = encode_video(pixels[:n, None])[:, 0]   # each frame its own 1-frame video, in one call
+    context = encode_frames(encode_video, pixels[:n])
     target = encode_video(pixels[n:])
     max_shots = cfg.data.max_shots
     text = np.zeros((max_shots, cfg.model.text_len, cfg.model.text_dim), np.float32)

@@ -269,7 +269,7 @@ def teacher_story(cfg, sample_shot, encode_video, encode_text, decode, global_ca
             idx, ctx_shot = pipeline.context_frame_indices([(i * n, (i + 1) * n) for i in range(k)],
                                                            s.context_frames)
             history = np.concatenate(shots)[idx].astype(np.float32) / 127.5 - 1.0
-            context = np.concatenate([encode_video(f[None]) for f in history])
+            context = pipeline.encode_frames(encode_video, history)
         else:
             context, ctx_shot = None, np.zeros(s.context_frames, np.int32)
         ex = dict(context=context, context_shot=ctx_shot, target_shot=np.int32(k), text=text)
