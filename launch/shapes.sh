@@ -58,11 +58,9 @@ fi
 ENC=(--config.data.encoder_dir="$ENC_DIR" --config.data.latents_dir="$RUN/latents")
 
 if [ ! -d "$RUN/latents" ]; then
-  say "pre-encoding the world with the trained VAE and the text encoder"
-  rm -rf "$RUN/latents.tmp"
-  $PY -m shotstream_jax.data.preencode --config=configs/shapes/teacher.py --out="$RUN/latents.tmp" \
+  say "pre-encoding the world with the trained VAE and the text encoder (goes on from latents.partial if any)"
+  $PY -m shotstream_jax.data.preencode --config=configs/shapes/teacher.py --out="$RUN/latents" \
     --config.data.manifest="$RUN/data/manifest.csv" --config.data.encoder_dir="$ENC_DIR" --workers=$WORKERS
-  mv "$RUN/latents.tmp" "$RUN/latents"
 fi
 
 if [ "${TEACHER:-cycles}" = long ]; then

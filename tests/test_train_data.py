@@ -132,6 +132,11 @@ def test_pipeline_is_deterministic_and_resumable(toy_dir):
     np.testing.assert_array_equal(next(again)["target"], first[0])
     again.set_state(state)
     np.testing.assert_array_equal(next(again)["target"], after)
+    # Reading in the caller's thread (data.read_threads=0) changes nothing but the speed.
+    inline = iter(pipeline.dataset(src, 2, seed=3, num_threads=0))
+    np.testing.assert_array_equal(next(inline)["target"], first[0])
+    inline.set_state(state)
+    np.testing.assert_array_equal(next(inline)["target"], after)
 
 
 def test_preencoded_examples_equal_online_ones(toy_dir, tmp_path):
@@ -158,6 +163,41 @@ def test_preencoded_examples_equal_online_ones(toy_dir, tmp_path):
     assert kept[1] is first and not first["target"].flags.writeable   # shared by every read: read-only
     with pytest.raises(FileNotFoundError):
         plain[1]
+
+
+def test_stopped_preencode_goes_on_where_it_stopped(toy_dir, tmp_path):
+    """Reference: one uninterrupted run. A run stopped at its third clip (after the progress of the first
+    two, and a stray file of a clip it had not counted) is continued by the same call: the same files."""
+    cfg = _cfg()
+    encode_video, encode_text = pipeline.encoders(cfg)
+    path = str(toy_dir / "manifest.csv")
+    preencode.preencode(cfg, path, str(tmp_path / "whole"), encode_video, encode_text)
+    calls = []
+
+    def stops_at_third_clip(video):
+        calls.append(1)
+        if len(calls) > 4:   # two calls a clip: context frames, then the target shot
+            raise KeyboardInterrupt
+        return encode_video(video)
+
+    with pytest.raises(KeyboardInterrupt):
+        preencode.preencode(cfg, path, str(tmp_path / "out"), stops_at_third_clip, encode_text, save_every=2)
+    partial = tmp_path / "out.partial"
+    assert not (tmp_path / "out").exists()
+    assert json.loads((partial / "progress.json").read_text())["clips_done"] == 2
+    (partial / "000005.npz").write_bytes(b"from a run stopped mid-way")
+    other = _cfg()
+    other.video.height = 64
+    with pytest.raises(ValueError, match="stopped pre-encode"):
+        preencode.preencode(other, path, str(tmp_path / "out"), encode_video, encode_text)
+    assert preencode.preencode(cfg, path, str(tmp_path / "out"), encode_video, encode_text) == 3
+    assert not partial.exists() and sorted(os.listdir(tmp_path / "out")) == sorted(os.listdir(tmp_path / "whole"))
+    whole, resumed = pipeline.PreencodedSource(str(tmp_path / "whole")), pipeline.PreencodedSource(str(tmp_path / "out"))
+    for i in range(3):
+        for k, v in whole[i].items():
+            np.testing.assert_array_equal(resumed[i][k], v, err_msg=k)
+    assert json.loads((tmp_path / "out" / "index.json").read_text()) == \
+        json.loads((tmp_path / "whole" / "index.json").read_text())
 
 
 def test_encoders_from_a_full_model_directory(toy_dir, tmp_path):

@@ -195,7 +195,8 @@ def train(cfg, workdir, progress: bool = True, profile_steps: tuple[int, int] | 
     stage = stages.STAGES[cfg.stage](cfg, mesh)
     src = stage.source(workdir) if isinstance(stage, stages.EncoderStage) else _source(cfg, workdir, mesh)
     batch_size = _check_batch(cfg, mesh)
-    it = iter(pipeline.dataset(src, batch_size, cfg.data.shuffle_seed, sharding.process_rows(mesh, batch_size)))
+    it = iter(pipeline.dataset(src, batch_size, cfg.data.shuffle_seed, sharding.process_rows(mesh, batch_size),
+                              num_threads=cfg.data.get("read_threads", 2)))
 
     def manager():
         return ocp.CheckpointManager(
