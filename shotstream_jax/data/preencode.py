@@ -14,6 +14,7 @@ import logging
 import multiprocessing
 import os
 
+import jax
 import numpy as np
 from absl import app, flags
 from tqdm import tqdm
@@ -31,6 +32,11 @@ def _pixels_or_error(clip, cfg):
         return pipeline.clip_pixels(clip, cfg)
     except ValueError as e:
         return e
+
+
+def _cpu_only():
+    """Decoding processes never need the accelerator; one that touched it would reserve most of its memory."""
+    jax.config.update("jax_platforms", "cpu")
 
 
 def _decoded(pool, job, clips, window: int):
@@ -86,7 +92,7 @@ def preencode(cfg, manifest_path: str, out_dir: str, encode_video, encode_text, 
         checkpoint.write_json(os.path.join(work, ".progress.json"), dict(about, **progress))
         os.replace(os.path.join(work, ".progress.json"), os.path.join(work, "progress.json"))
 
-    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_cpu_only) if workers > 1 else None
     job = functools.partial(_pixels_or_error, cfg=cfg)
     try:
         decoded = _decoded(pool, job, clips[first:], 8 * workers) if pool else map(job, clips[first:])
