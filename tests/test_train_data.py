@@ -149,8 +149,9 @@ def test_preencoded_examples_equal_online_ones(toy_dir, tmp_path):
     stored = pipeline.PreencodedSource(str(tmp_path / "pre"))[1]
     for k, v in online.items():
         np.testing.assert_allclose(stored[k], v, rtol=2e-3, atol=2e-3, err_msg=k)
-    # Worker processes decoding: the same examples in the same files.
-    assert preencode.preencode(cfg, str(toy_dir / "manifest.csv"), str(tmp_path / "pre3"), *enc, workers=3) == 3
+    # Worker processes decoding, batches of 2 clips: the same examples in the same files.
+    assert preencode.preencode(cfg, str(toy_dir / "manifest.csv"), str(tmp_path / "pre3"), *enc, workers=3,
+                               batch_clips=2) == 3
     one, three = pipeline.PreencodedSource(str(tmp_path / "pre")), pipeline.PreencodedSource(str(tmp_path / "pre3"))
     for i in range(3):
         for k, v in one[i].items():
@@ -181,7 +182,8 @@ def test_stopped_preencode_goes_on_where_it_stopped(toy_dir, tmp_path):
         return encode_video(video)
 
     with pytest.raises(KeyboardInterrupt):
-        preencode.preencode(cfg, path, str(tmp_path / "out"), stops_at_third_clip, encode_text, save_every=2)
+        preencode.preencode(cfg, path, str(tmp_path / "out"), stops_at_third_clip, encode_text, save_every=2,
+                            batch_clips=1)
     partial = tmp_path / "out.partial"
     assert not (tmp_path / "out").exists()
     assert json.loads((partial / "progress.json").read_text())["clips_done"] == 2
@@ -227,6 +229,13 @@ def test_model_encoder_takes_a_batch_of_videos():
     alone = np.stack([encode_video(f) for f in frames])
     assert alone.shape == (3, 1, 8, 8, 16)
     np.testing.assert_allclose(encode_video(frames), alone, rtol=1e-5, atol=1e-5)
+    # In fixed batches: one call padded from 3 to 4 videos, or (a 2-frame budget) a batch of 2 and a padded one.
+    np.testing.assert_allclose(pipeline.encode_batched(encode_video, frames), alone, rtol=1e-5, atol=1e-5)
+    calls = []
+    counted = lambda v: calls.append(v.shape) or encode_video(v)
+    np.testing.assert_allclose(pipeline.encode_batched(counted, frames, max_pixels=2 * 64 * 64), alone,
+                               rtol=1e-5, atol=1e-5)
+    assert calls == [(2, 1, 64, 64, 3)] * 2
     assert encode_text(["wide shot of a red circle moving left on a blue background"]).shape == (1, 32, 64)
 
 
