@@ -307,7 +307,8 @@ def generate_teacher_videos(cfg, stories_path: str, out_dir: str, seed: int = 0,
     _, _, vae, text_encoder = model_dir.load_pipeline(cfg.data.encoder_dir)
     encode_video, encode_text = pipeline.encoders_of(vae, text_encoder)
     s = cfg.shotstream
-    latent = (s.shot_latent_frames, cfg.video.height // 8, cfg.video.width // 8, vae.cfg.z_dim)
+    sf = vae.cfg.spatial_factor
+    latent = (s.shot_latent_frames, cfg.video.height // sf, cfg.video.width // sf, vae.cfg.z_dim)
 
     @jax.jit
     def teacher_sample(params, ex, key):
