@@ -395,7 +395,7 @@ def dataset(src, batch_size: int, seed: int, rows: tuple[int, int] | None = None
     first, count = rows or (0, batch_size)
     if count != batch_size:
         ds = grain.MapDataset.source(_Rows(ds, batch_size, first, count))
-    # Few decoding threads: video decoding shares the host's cores with the input transfers. None
-    # (num_threads=0) reads in the caller's thread.
+    # Few decoding threads: video decoding shares the host's cores with the input transfers;
+    # num_threads=0 reads in the caller's thread (data.read_threads).
     return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * count)
                               ).map(pad_target).batch(count).map(trim_batch)

@@ -157,6 +157,7 @@ def main(argv):
 
 if __name__ == "__main__":
     define_config_flag()
-    flags.DEFINE_string("out", None, "Output directory (must not exist; OUT.partial holds a stopped run, which the same command continues).", required=True)
+    flags.DEFINE_string("out", None, "Output directory (must not exist; OUT.partial holds a stopped run, which "
+                        "the same command continues).", required=True)
     flags.DEFINE_integer("workers", 1, "Processes decoding videos while this one encodes (the output does not depend on it).")
     app.run(main)
