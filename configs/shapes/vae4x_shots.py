@@ -5,7 +5,7 @@ import runpy
 
 
 def get_config():
-    c = runpy.run_path(str(pathlib.Path(__file__).with_name("vae_shots.py")))["get_config"]()
-    c.vae.dim_mult = (1, 2, 2)
-    c.vae.temporal_downsample = (True, True)
+    here = pathlib.Path(__file__)
+    c = runpy.run_path(str(here.with_name("vae_shots.py")))["get_config"]()
+    c.vae = runpy.run_path(str(here.with_name("vae4x.py")))["get_config"]().vae
     return c
