@@ -138,6 +138,7 @@ def _add_stage(c: ml_collections.ConfigDict, stage: str, toy: bool) -> None:
         t.lr, t.b1, t.weight_decay, t.clip_norm = 1e-3, 0.9, 0.0, 1.0
         t.clip_frames = 5            # pixel frames per training clip (1 + 4k): one lone frame, one group of 4
         t.latent_penalty = 1e-4      # keeps the posterior means near unit scale
+        t.foreground_weight = 0.0    # > 0: the error on what stands out of each frame counts more (VaeStage.loss)
         t.stats_batches = 16         # batches encoded at export to fit the latents' mean/std
         c.vae = ml_collections.ConfigDict(dict(base_dim=8, z_dim=16, dim_mult=(1, 2, 2, 2), num_res_blocks=1,
                                                temporal_downsample=(False, True, True)))

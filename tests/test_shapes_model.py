@@ -56,6 +56,31 @@ def test_vae_stage_loss_is_the_reconstruction_formula(vae_run):
 
 
 @pytest.mark.heavy
+def test_vae_stage_foreground_weight_is_the_weighted_formula(vae_run):
+    """Reference, in numpy: each pixel's squared + absolute error weighted by 1 + 2 d^2 / mean(d^2), d its
+    RGB distance from its frame's per-channel median, normalised by the weights' sum (x 3 channels)."""
+    from shotstream_jax import sharding
+    from shotstream_jax.train import stages
+    cfg, workdir = vae_run
+    cfg = cfg.copy_and_resolve_references()
+    cfg.train.foreground_weight = 2.0
+    stage = stages.VaeStage(cfg, sharding.make_mesh(cfg.mesh))
+    stage.source(str(workdir))
+    x = np.asarray(stage.src[0]["video"][None], np.float64)
+    vae = WanVAE(WanVAEConfig(**{k: tuple(v) if isinstance(v, tuple) else v for k, v in cfg.vae.to_dict().items()}),
+                 rngs=nnx.Rngs(cfg.train.seed))
+    got, aux = jax.jit(stage.loss)(nnx.state(vae).to_pure_dict(), {"video": x.astype(np.float32)})
+    z = np.asarray(vae.encode(jnp.asarray(x, jnp.float32)), np.float64)
+    err = np.asarray(vae.decode(jnp.asarray(z, jnp.float32)), np.float64) - x
+    d2 = ((x - np.median(x, axis=(2, 3), keepdims=True)) ** 2).sum(-1, keepdims=True)
+    w = 1 + 2.0 * d2 / d2.mean(axis=(2, 3), keepdims=True)
+    assert w.max() > 3                                   # the clip has a character that stands out
+    want = (w * (err ** 2 + np.abs(err))).sum() / (w.sum() * 3) + cfg.train.latent_penalty * (z ** 2).mean()
+    assert float(got) == pytest.approx(want, rel=1e-4)
+    assert float(aux["l1"]) == pytest.approx(np.abs(err).mean(), rel=1e-4)
+
+
+@pytest.mark.heavy
 def test_vae_export_is_a_full_model_directory_with_fitted_latent_stats(vae_run):
     """Reference: mean/std of the exported VAE's latents of the first clips; the world tokenizer; load_pipeline."""
     from shotstream_jax.text import shot_prompt

@@ -761,13 +761,24 @@ class VaeStage(EncoderStage):
         return nnx.state(vae).to_pure_dict()
 
     def loss(self, params, batch, key=None):
-        """(squared + absolute reconstruction error + latent penalty, {l1, psnr}) of a batch of clips."""
+        """(squared + absolute reconstruction error + latent penalty, {l1, psnr}) of a batch of clips.
+
+        train.foreground_weight > 0 weights each pixel's errors by teacher.foreground_weights of the
+        clip (what stands out from its frame's median colour) and normalises by the weights' sum; l1
+        and psnr stay unweighted.
+        """
         vae = nnx.merge(self.graphdef, params)
         x = batch["video"]
         z = vae.encode(x)
         err = vae.decode(z) - x
         l2, l1 = jnp.mean(err ** 2), jnp.mean(jnp.abs(err))
-        loss = l2 + l1 + self.cfg.train.latent_penalty * jnp.mean(z ** 2)
+        strength = self.cfg.train.foreground_weight
+        if strength:
+            w = teacher_lib.foreground_weights(x, strength)
+            recon = jnp.sum(w * (err ** 2 + jnp.abs(err))) / (jnp.sum(w) * x.shape[-1])
+        else:
+            recon = l2 + l1
+        loss = recon + self.cfg.train.latent_penalty * jnp.mean(z ** 2)
         return loss, {"l1": l1, "psnr": 10 * jnp.log10(4.0 / l2)}
 
     def export(self, state, out_dir: str) -> None:
