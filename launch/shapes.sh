@@ -9,7 +9,9 @@
 #   QUICK=1 launch/shapes.sh RUN_DIR     every stage for a few steps: proves the chain works
 # Other settings (environment): STORIES=N training stories (default 400); ENCODERS=MODEL_DIR reuses that
 # model directory's VAE and text encoder (e.g. shotstream_jax/assets/default_model) instead of training
-# them; WORKERS=N processes writing and decoding the world (default: every core).
+# them; WORKERS=N processes writing and decoding the world (default: every core); VAE=4x trains a VAE
+# with 4x spatial compression (configs/shapes/vae4x*.py: 9-frame clips, whole shots, lone frames, whole
+# shots again) instead of the shipped recipe's 8x one; the DiT then sees 4x the tokens.
 #
 # Re-running with the same RUN_DIR continues: finished stages (those with an export/) are
 # skipped and the stage in progress resumes from its last checkpoint. Logs: RUN_DIR/*/metrics.jsonl.
@@ -46,13 +48,21 @@ if [ -n "${ENCODERS:-}" ]; then
   ENC_DIR=$(cd "$ENCODERS" && pwd)
   say "VAE and text encoder: $ENC_DIR's (no vae, vae_shots or text stage)"
 else
-  train vae vae --config.data.manifest="$RUN/data/manifest.csv" \
-    --config.text_encoder.tokenizer="$RUN/data/tokenizer.json"
+  WORLD=(--config.data.manifest="$RUN/data/manifest.csv" --config.text_encoder.tokenizer="$RUN/data/tokenizer.json")
+  V=vae; [ "${VAE:-8x}" = 4x ] && V=vae4x
+  train vae $V "${WORLD[@]}"
   # The VAE goes on from 9-frame clips to whole shots (configs/shapes/vae_shots.py says why).
-  train vae_shots vae_shots --config.data.manifest="$RUN/data/manifest.csv" \
-    --config.text_encoder.tokenizer="$RUN/data/tokenizer.json" --config.train.init_dir="$RUN/vae/export"
+  train vae_shots ${V}_shots "${WORLD[@]}" --config.train.init_dir="$RUN/vae/export"
+  VAE_DONE=vae_shots
+  if [ "$V" = vae4x ]; then
+    # Sharp edges from lone frames, then whole shots again for the later frames (configs/shapes/vae4x_frames.py).
+    train vae_frames vae4x_frames "${WORLD[@]}" --config.train.init_dir="$RUN/vae_shots/export"
+    train vae_frames_shots vae4x_shots "${WORLD[@]}" --config.train.init_dir="$RUN/vae_frames/export" \
+      --config.train.foreground_weight=1.0
+    VAE_DONE=vae_frames_shots
+  fi
   # The random umT5 learns the prompts' word order (configs/shapes/text.py says why).
-  train text text --config.data.manifest="$RUN/data/manifest.csv" --config.train.init_dir="$RUN/vae_shots/export"
+  train text text --config.data.manifest="$RUN/data/manifest.csv" --config.train.init_dir="$RUN/$VAE_DONE/export"
   ENC_DIR="$RUN/text/export"
 fi
 ENC=(--config.data.encoder_dir="$ENC_DIR" --config.data.latents_dir="$RUN/latents")

@@ -167,3 +167,23 @@ def test_shapes_configs_keep_the_inference_structure(stage):
     assert c.video.shot_frames == shapes.SHOT_FRAMES == 1 + 4 * (s.shot_latent_frames - 1)
     if stage == "vae_shots":   # the VAE finishes on whole shots: generation decodes whole shots
         assert c.train.clip_frames == c.video.shot_frames
+
+
+def test_shapes_4x_vae_configs_share_one_architecture():
+    """Reference: WanVAEConfig's spatial factor (4 = two downsampling stages at 64x64: 16x16 latents), the
+    world's shot length for the whole-shot cycle and a lone weighted frame for the frames cycle."""
+    import importlib.util
+    from shotstream_jax.models.wan_vae import WanVAEConfig
+    got = {}
+    for name in ("vae4x", "vae4x_shots", "vae4x_frames"):
+        spec = importlib.util.spec_from_file_location("c", f"configs/shapes/{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        got[name] = mod.get_config()
+        assert got[name].stage == "vae"
+        vae = WanVAEConfig(**{k: tuple(v) if isinstance(v, (list, tuple)) else v
+                              for k, v in got[name].vae.to_dict().items()})
+        assert (vae.spatial_factor, vae.temporal_factor) == (4, 4)
+    assert got["vae4x"].vae.to_dict() == got["vae4x_shots"].vae.to_dict() == got["vae4x_frames"].vae.to_dict()
+    assert got["vae4x_shots"].train.clip_frames == shapes.SHOT_FRAMES
+    assert got["vae4x_frames"].train.clip_frames == 1 and got["vae4x_frames"].train.foreground_weight > 0
