@@ -149,16 +149,21 @@ def test_tokenizer_covers_every_prompt(tmp_path):
             assert 2 not in ids and ids[-1] == tok.eos_id == 1 and len(ids) <= 32
 
 
+def _shapes_config(name: str):
+    """configs/shapes/NAME.py's get_config(), loaded as the config flag loads it (a file, not a module)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("c", f"configs/shapes/{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config()
+
+
 @pytest.mark.parametrize("stage", ["vae", "vae_shots", "teacher", "teacher_more", "teacher_long", "teacher_long_more",
                                    "ode_pairs", "ode_init", "dmd_intra", "dmd_inter", "generate"])
 def test_shapes_configs_keep_the_inference_structure(stage):
     """Reference: the issue's numbers (64x64, 16 fps, 3-latent-frame chunks, >= 3 per shot, 6 context
     frames, 4 steps) and the world's 33-frame shots (1 + 4 * 8 pixel frames)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("c", f"configs/shapes/{stage}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config()
+    c = _shapes_config(stage)
     s = c.shotstream
     assert c.stage == ("vae" if stage == "vae_shots" else "teacher" if stage.startswith("teacher") else stage)
     assert (c.video.height, c.video.width, c.video.fps) == (64, 64, shapes.FPS)
@@ -172,14 +177,10 @@ def test_shapes_configs_keep_the_inference_structure(stage):
 def test_shapes_4x_vae_configs_share_one_architecture():
     """Reference: WanVAEConfig's spatial factor (4 = two downsampling stages at 64x64: 16x16 latents), the
     world's shot length for the whole-shot cycle and a lone weighted frame for the frames cycle."""
-    import importlib.util
     from shotstream_jax.models.wan_vae import WanVAEConfig
     got = {}
     for name in ("vae4x", "vae4x_shots", "vae4x_frames"):
-        spec = importlib.util.spec_from_file_location("c", f"configs/shapes/{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        got[name] = mod.get_config()
+        got[name] = _shapes_config(name)
         assert got[name].stage == "vae"
         vae = WanVAEConfig(**{k: tuple(v) if isinstance(v, (list, tuple)) else v
                               for k, v in got[name].vae.to_dict().items()})

@@ -1,7 +1,7 @@
 """Shapes world, stage 'vae' with 4x spatial compression on lone frames (train.init_dir: a vae4x* export).
 
 The 9-frame and whole-shot cycles left the 4x VAE blurred: a wide shot's 16-pixel
-square came back with rounded corners (fill 0.83-0.87 of its box, a circle's
+square came back with rounded corners (fill 0.80-0.87 of its box, a circle's
 region) and its triangle without an apex, even in a shot's first frame, which
 the causal VAE encodes alone. A lone frame costs a ninth of a 9-frame clip, so
 batches of 16 frames give the spatial convolutions many more examples per
