@@ -5,7 +5,8 @@
 #
 #   launch/shapes.sh RUN_DIR             the full run (about 4 h 40 min on 2 CPU cores; stage times in the README)
 #   TEACHER=long launch/shapes.sh RUN_DIR   the teacher in two long cycles of batch 32 (teacher_long*.py) instead
-#                                        of four of batch 8: the shipped model's; 8 min on one H200, hours on a CPU
+#                                        of four of batch 8; 6 min on one H200, hours on a CPU. The shipped model:
+#                                        TEACHER=long STORIES=2000 ENCODERS=shotstream_jax/assets/default_model
 #   QUICK=1 launch/shapes.sh RUN_DIR     every stage for a few steps: proves the chain works
 # Other settings (environment): STORIES=N training stories (default 400); ENCODERS=MODEL_DIR reuses that
 # model directory's VAE and text encoder (e.g. shotstream_jax/assets/default_model) instead of training
