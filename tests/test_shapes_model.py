@@ -155,6 +155,31 @@ def test_teacher_story_builds_every_shot_as_training_does():
         assert ex["context_shot"].tolist() == [shot for shot, _ in picks] and ex["target_shot"] == k
 
 
+def test_teacher_story_without_global_context_draws_every_shot_as_a_first_shot():
+    """The teacher's memory ablation: every shot gets the first shot's context-dropout form (no context
+    latents, RoPE shot 0) while its own prompt and the story's prompts stay as with memory."""
+    from shotstream_jax.eval import shapes as eval_shapes
+    story = _three_shot_story()
+    cfg = get_config("shapes", "ode_pairs")
+    cfg.model.update(text_len=4, text_dim=3)
+    encode_text = lambda prompts: np.asarray([[[len(p), i, 7]] * 4 for i, p in enumerate(prompts)], np.float32)
+    captions = [s.caption for s in story.shots]
+
+    def examples(global_context):
+        seen = []
+        eval_shapes.teacher_story(cfg, lambda ex, key: seen.append(ex) or 0, lambda v: v[:, :1, :1, :1] + 0.0,
+                                  encode_text, lambda k: np.zeros((9, 16, 16, 3), np.float32), story.global_caption,
+                                  captions, jax.random.PRNGKey(0), global_context=global_context)
+        return seen
+
+    with_memory, without = examples(True), examples(False)
+    assert [ex["context"] is None for ex in with_memory] == [True] + [False] * (len(captions) - 1)
+    assert len(without) == len(captions)
+    for k, (ex, ref) in enumerate(zip(without, with_memory)):
+        assert ex["context"] is None and (ex["context_shot"] == 0).all() and ex["target_shot"] == k
+        np.testing.assert_array_equal(ex["text"], ref["text"])
+
+
 def test_teacher_videos_are_written_and_scored(tmp_path, caplog):
     """End to end on a random toy-sized teacher and VAE: one video per story, of the story's length, then
     scored by `evaluate` (random weights: only that it runs through and counts every shot). The teacher

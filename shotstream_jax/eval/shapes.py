@@ -245,7 +245,7 @@ def generate_videos(pipe, stories_path: str, out_dir: str, seed: int = 0, limit:
 
 
 def teacher_story(cfg, sample_shot, encode_video, encode_text, decode, global_caption: str,
-                  captions: Sequence[str], key) -> list[np.ndarray]:
+                  captions: Sequence[str], key, global_context: bool = True) -> list[np.ndarray]:
     """One story drawn by a bidirectional teacher, shot by shot: uint8 frames [shot_frames, H, W, 3] per shot.
 
     Each shot is one example as training builds it (`data.pipeline.build_example`), from the decoded
@@ -264,7 +264,7 @@ def teacher_story(cfg, sample_shot, encode_video, encode_text, decode, global_ca
     text[:len(captions)] = encode_text([shot_prompt(global_caption, i, c) for i, c in enumerate(captions)])
     shots: list[np.ndarray] = []
     for k in range(len(captions)):
-        if shots:
+        if shots and global_context:
             n = len(shots[0])
             idx, ctx_shot = pipeline.context_frame_indices([(i * n, (i + 1) * n) for i in range(k)],
                                                            s.context_frames)
@@ -279,8 +279,10 @@ def teacher_story(cfg, sample_shot, encode_video, encode_text, decode, global_ca
     return shots
 
 
-def generate_teacher_videos(cfg, stories_path: str, out_dir: str, seed: int = 0, limit: int = 0) -> None:
-    """`teacher_story` for every story of a stories file into `out_dir` (existing videos are kept).
+def generate_teacher_videos(cfg, stories_path: str, out_dir: str, seed: int = 0, limit: int = 0,
+                            global_context: bool = True) -> None:
+    """`teacher_story` (with `global_context`) for every story of a stories file into `out_dir` (existing
+    videos are kept).
 
     cfg: a Shapes config with train.teacher_dir (a teacher stage's export/) and data.encoder_dir (the
     VAE and text encoder's model directory); the teacher samples with train.ode_steps Euler steps and
@@ -328,7 +330,7 @@ def generate_teacher_videos(cfg, stories_path: str, out_dir: str, seed: int = 0,
             continue
         shots = teacher_story(cfg, sample, encode_video, encode_text,
                               lambda z: decode(vae, z), st["global_caption"], st["shots"],
-                              jax.random.fold_in(jax.random.PRNGKey(seed), i))
+                              jax.random.fold_in(jax.random.PRNGKey(seed), i), global_context)
         with VideoWriter(path, fps=cfg.video.fps) as w:
             for frames in shots:
                 w.write(frames)
@@ -356,7 +358,8 @@ def main(argv):
         cfg.train.teacher_dir, cfg.data.encoder_dir = f.teacher, f.encoder_dir
         if f.teacher_steps:
             cfg.train.ode_steps = f.teacher_steps
-        generate_teacher_videos(cfg, f.stories, f.videos, f.seed, f.limit)
+        generate_teacher_videos(cfg, f.stories, f.videos, f.seed, f.limit,
+                                global_context=not f.no_global_context)
     metrics = evaluate(f.stories, f.videos, f.limit)
     for m in sorted(metrics):
         if not m.endswith("_n"):
@@ -378,7 +381,8 @@ if __name__ == "__main__":
     flags.DEFINE_integer("seed", 0, "Generation seed of every story (with --model).")
     flags.DEFINE_bool("no_shot_phase", False, "Generate without the RoPE shot phase (ablation; with --model).")
     flags.DEFINE_bool("no_global_context", False, "Generate every shot without the global context cache of "
-                      "earlier shots (memory ablation; with --model).")
+                      "earlier shots (memory ablation; with --model), or, with --teacher, without the context "
+                      "frames of earlier shots (each shot as the first).")
     flags.DEFINE_string("teacher", "", "Generate the stories first with this bidirectional teacher (a teacher "
                         "stage's export/), shot by shot with many steps and CFG, into --videos.")
     flags.DEFINE_string("encoder_dir", "", "With --teacher: the model directory of the VAE and text encoder "
