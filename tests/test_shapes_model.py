@@ -328,3 +328,66 @@ def test_text_stage_needs_a_model_directory():
     cfg = get_config("shapes", "text")
     with pytest.raises(ValueError, match="init_dir"):
         stages.TextStage(cfg, sharding.make_mesh(cfg.mesh))
+
+
+def _memory_examples(n: int, size: int = 32):
+    """Pixel stand-ins of pre-encoded `the same character` examples ([-1, 1] frames as 'latents'): the
+    story's first shot as context, its second (a `the same character` shot) as target."""
+    out = []
+    for story in (shapes.make_story(7, i, size=size) for i in range(400)):
+        if len(story.shots) >= 2 and shapes.resolve_captions([s.caption for s in story.shots])[1]["same"]:
+            gt = shapes.render_story(story, shot_frames=6, size=size).astype(np.float32) / 127.5 - 1.0
+            text = np.zeros((5, 2, 3), np.float32)
+            text[:len(story.shots), :, 0] = np.arange(len(story.shots))[:, None] + 10 * len(out)
+            out.append(dict(context=gt[:6], context_shot=np.zeros(6, np.int32), target=gt[6:12],
+                            target_shot=np.int32(1), text=text, colour=story.shots[0].colour))
+            if len(out) == n:
+                return out
+    raise AssertionError("the world has too few stories whose second shot is `the same character`")
+
+
+def test_swap_probe_tells_a_teacher_that_reads_its_context_from_one_that_does_not():
+    """Reference: two stand-in teachers whose answers are known. One draws the character its context shows
+    (the context frames themselves), one draws the ground truth whatever the context (no memory)."""
+    from shotstream_jax.eval import shapes_memory
+    examples = _memory_examples(8)
+    assert len({ex["colour"] for ex in examples}) > 1
+    identity = lambda frames: frames
+    reads = shapes_memory.swap_probe(examples, lambda ex, key: ex["context"], identity, jax.random.PRNGKey(0))
+    assert reads == dict(own=1.0, swap_keeps=0.0, swap_takes=1.0, n=8, skipped=0)
+    ignores = shapes_memory.swap_probe(examples, lambda ex, key: ex["target"], identity, jax.random.PRNGKey(0))
+    assert ignores == dict(own=1.0, swap_keeps=1.0, swap_takes=0.0, n=8, skipped=0)
+
+
+def test_swap_context_keeps_the_target_prompt_and_takes_the_partner_history():
+    """Reference: the swapped example written out field by field."""
+    from shotstream_jax.eval import shapes_memory
+    ex, other = _memory_examples(2)
+    other = dict(other, target_shot=np.int32(2), context_shot=np.asarray([0, 0, 0, 1, 1, 1], np.int32))
+    s = shapes_memory.swap_context(ex, other)
+    np.testing.assert_array_equal(s["context"], other["context"])
+    np.testing.assert_array_equal(s["target"], ex["target"])
+    assert s["context_shot"].tolist() == [0, 0, 0, 1, 1, 1] and s["target_shot"] == 2
+    np.testing.assert_array_equal(s["text"][[0, 1, 3, 4]], other["text"][[0, 1, 3, 4]])
+    np.testing.assert_array_equal(s["text"][2], ex["text"][1])
+    assert other["text"][2, 0, 0] != ex["text"][1, 0, 0]
+
+
+def test_same_character_examples_are_the_manifest_rows_whose_last_shot_says_so(tmp_path):
+    """Reference: the stories file's captions, row by row as write_dataset's prefixes lay them out."""
+    from shotstream_jax import checkpoint
+    from shotstream_jax.eval import shapes_memory
+    manifest = shapes.write_dataset(str(tmp_path / "data"), num_stories=6, seed=5, size=16)
+    stories = json.loads((tmp_path / "data" / "stories.json").read_text())["stories"]
+    last = [s["shots"][n - 1] for s in stories for n in range(2, len(s["shots"]) + 1)]
+    (tmp_path / "lat").mkdir()
+    checkpoint.write_json(str(tmp_path / "lat" / "index.json"), dict(manifest=manifest, examples=len(last),
+                                                                       skipped=0))
+    want = [i for i, c in enumerate(last) if c.startswith(("wide shot of the same", "close-up of the same"))]
+    assert want and shapes_memory.same_character_examples(str(tmp_path / "lat")) == want
+    checkpoint.write_json(str(tmp_path / "lat" / "index.json"), dict(manifest=manifest, examples=len(last) - 1,
+                                                                       skipped=1))
+    with pytest.raises(ValueError, match="no longer line up"):
+        shapes_memory.same_character_examples(str(tmp_path / "lat"))
+    with pytest.raises(ValueError, match="not a pre-encoded world"):
+        shapes_memory.same_character_examples(str(tmp_path / "data"))

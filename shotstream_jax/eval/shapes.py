@@ -279,26 +279,24 @@ def teacher_story(cfg, sample_shot, encode_video, encode_text, decode, global_ca
     return shots
 
 
-def generate_teacher_videos(cfg, stories_path: str, out_dir: str, seed: int = 0, limit: int = 0,
-                            global_context: bool = True) -> None:
-    """`teacher_story` (with `global_context`) for every story of a stories file into `out_dir` (existing
-    videos are kept).
+def load_teacher(cfg):
+    """A teacher stage's export and its encoders, ready to sample shots as `teacher_story` asks.
 
     cfg: a Shapes config with train.teacher_dir (a teacher stage's export/) and data.encoder_dir (the
     VAE and text encoder's model directory); the teacher samples with train.ode_steps Euler steps and
     CFG train.ode_guidance against `train.stages.negative_embedding`, as the ODE pairs do.
+    Returns (cfg with the teacher's own model section, sample(ex, key) -> x0 [T, h, w, C] (a missing
+    context as zeros: one compile for every shot), decode(x0) -> [-1, 1] frames, encode_video, encode_text).
     """
     import jax
     import jax.numpy as jnp
     import ml_collections
     from flax import nnx
-    from tqdm import tqdm
     from shotstream_jax import model_dir, sharding
     from shotstream_jax.data import pipeline
     from shotstream_jax.train import stages
-    from shotstream_jax.video_io import VideoWriter
     if not cfg.train.teacher_dir or not cfg.data.encoder_dir:
-        raise ValueError("the teacher's stories need train.teacher_dir and data.encoder_dir")
+        raise ValueError("loading a teacher needs train.teacher_dir and data.encoder_dir")
     # The teacher's own architecture (its config.json), whatever the config's model section says.
     cfg = cfg.copy_and_resolve_references()
     cfg.model = ml_collections.ConfigDict(dataclasses.asdict(model_dir.saved_dit_config(cfg.train.teacher_dir)))
@@ -310,26 +308,35 @@ def generate_teacher_videos(cfg, stories_path: str, out_dir: str, seed: int = 0,
     encode_video, encode_text = pipeline.encoders_of(vae, text_encoder)
     s = cfg.shotstream
     sf = vae.cfg.spatial_factor
-    latent = (s.shot_latent_frames, cfg.video.height // sf, cfg.video.width // sf, vae.cfg.z_dim)
+    frame = (cfg.video.height // sf, cfg.video.width // sf, vae.cfg.z_dim)
 
     @jax.jit
     def teacher_sample(params, ex, key):
-        ex = dict(ex, target=jnp.zeros(latent, jnp.float32))
         return stages.ode_trajectory(cfg, nnx.merge(graphdef, params), ex, key, uncond)[1]
 
-    def sample(ex, key):  # the first shot's missing context as zeros: one compile for every shot
-        if ex["context"] is None:
-            ex = dict(ex, context=np.zeros((s.context_frames,) + latent[1:], np.float32))
-        return teacher_sample(params, ex, key)
+    def sample(ex, key):  # the target's length from ex (a whole shot when absent); no context: zeros
+        shape = np.shape(ex["target"]) if ex.get("target") is not None else (s.shot_latent_frames,) + frame
+        context = np.zeros((s.context_frames,) + frame, np.float32) if ex["context"] is None else ex["context"]
+        return teacher_sample(params, dict(ex, context=context, target=np.zeros(shape, np.float32)), key)
 
-    decode = nnx.jit(lambda m, z: m.decode(m.cfg.denormalize(z[None]))[0])
+    decode_jit = nnx.jit(lambda m, z: m.decode(m.cfg.denormalize(z[None]))[0])
+    return cfg, sample, lambda z: decode_jit(vae, z), encode_video, encode_text
+
+
+def generate_teacher_videos(cfg, stories_path: str, out_dir: str, seed: int = 0, limit: int = 0,
+                            global_context: bool = True) -> None:
+    """`teacher_story` (with `global_context`) for every story of a stories file into `out_dir` (existing
+    videos are kept); cfg as `load_teacher` asks."""
+    import jax
+    from tqdm import tqdm
+    from shotstream_jax.video_io import VideoWriter
+    cfg, sample, decode, encode_video, encode_text = load_teacher(cfg)
     os.makedirs(out_dir, exist_ok=True)
     for i, st in enumerate(tqdm(load_stories(stories_path)[:limit or None], desc="teacher", unit="story")):
         path = os.path.join(out_dir, st["video"])
         if os.path.exists(path):
             continue
-        shots = teacher_story(cfg, sample, encode_video, encode_text,
-                              lambda z: decode(vae, z), st["global_caption"], st["shots"],
+        shots = teacher_story(cfg, sample, encode_video, encode_text, decode, st["global_caption"], st["shots"],
                               jax.random.fold_in(jax.random.PRNGKey(seed), i), global_context)
         with VideoWriter(path, fps=cfg.video.fps) as w:
             for frames in shots:

@@ -1,0 +1,144 @@
+"""The context-swap probe: does a Shapes teacher take its character from the context?
+
+    python -m shotstream_jax.eval.shapes_memory --teacher=RUN/teacher/export --encoder_dir=MODEL_DIR \
+        --latents=RUN/latents [--examples=48] [--steps=20] [--guidance=1] [--output=probe.json]
+
+The held-out score (`eval.shapes --teacher`, with and without --no_global_context) builds each shot's
+context from the teacher's own earlier shots. This probe takes it from the training data, so it asks
+only whether the teacher reads it. For up to --examples pre-encoded examples whose target is a
+`the same character` shot (the character is in the context frames, not in the target's prompt), the
+teacher samples the target twice from the same noise: with the example's own context, and with the
+context frames and earlier prompts of a partner example whose character has another colour. The
+character colours read from the decoded samples and from the two decoded ground-truth targets
+(`eval.shapes.read_shot`) give
+  own         the sample with its own context shows its own character's colour;
+  swap_keeps  the sample with the partner's context still shows its own colour;
+  swap_takes  it shows the partner's colour.
+A teacher that reads its context has `own` and `swap_takes` near 1 and `swap_keeps` near 0. One that
+draws the colour from its noise has `swap_keeps` near `own` and `swap_takes` at chance.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from shotstream_jax.eval import shapes as eval_shapes
+
+SAME = "the same character"
+
+
+def same_character_examples(latents_dir: str) -> list[int]:
+    """Indices of a pre-encoded world's examples (`data.preencode`) whose target is a `the same character` shot.
+
+    Example i is row i of the manifest its index.json names (preencode writes them in manifest order).
+    """
+    from shotstream_jax import checkpoint
+    from shotstream_jax.data import manifest
+    path = os.path.join(latents_dir, "index.json")
+    try:
+        index = checkpoint.read_json(path)
+        clips, _ = manifest.read_manifest(index["manifest"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a pre-encoded world's index ({e}); write one with "
+                         f"python -m shotstream_jax.data.preencode") from None
+    if index.get("skipped") or len(clips) != index.get("examples"):
+        raise ValueError(f"{path}: {index.get('examples')} examples for {len(clips)} manifest rows "
+                         f"({index.get('skipped')} skipped): examples and rows no longer line up")
+    return [i for i, c in enumerate(clips) if SAME in c.prompts[-1]]
+
+
+def swap_context(ex: dict, other: dict) -> dict:
+    """`ex`'s target shot and prompt after `other`'s earlier shots: other's context frames, their RoPE
+    shots and every earlier prompt of other's story; ex's target (its length) and target prompt."""
+    text = np.array(other["text"])
+    text[other["target_shot"]] = ex["text"][ex["target_shot"]]
+    return dict(ex, context=other["context"], context_shot=other["context_shot"], text=text,
+                target_shot=other["target_shot"])
+
+
+def _colour(decode: Callable, latents) -> Optional[str]:
+    frames = np.asarray(decode(latents), np.float32)
+    return eval_shapes.read_shot(np.clip(np.round((frames + 1.0) * 127.5), 0, 255).astype(np.uint8))[
+        "character_colour"]
+
+
+def swap_probe(examples: Sequence[dict], sample: Callable, decode: Callable, key) -> dict:
+    """The probe over `examples` (pre-encoded example dicts, all `the same character` targets).
+
+    sample(ex, key) -> x0 latents of ex's target; decode(latents) -> [-1, 1] frames [F, H, W, 3].
+    An example whose ground truth shows no character colour, or with no partner of another colour,
+    is left out (counted in `skipped`). Returns {own, swap_keeps, swap_takes, n, skipped}.
+    """
+    import jax
+    truth = [_colour(decode, ex["target"]) for ex in examples]
+    usable = [i for i, t in enumerate(truth) if t is not None]
+    own, keeps, takes = [], [], []
+    for n, i in enumerate(usable):
+        partner = next((j for j in usable[n + 1:] + usable[:n] if truth[j] != truth[i]), None)
+        if partner is None:
+            continue
+        k = jax.random.fold_in(key, i)
+        with_own = _colour(decode, sample(examples[i], k))
+        swapped = _colour(decode, sample(swap_context(examples[i], examples[partner]), k))
+        own.append(with_own == truth[i])
+        keeps.append(swapped == truth[i])
+        takes.append(swapped == truth[partner])
+    if not own:
+        raise ValueError(f"no usable pair among {len(examples)} examples: the probe needs at least two "
+                         f"`{SAME}` targets whose characters have different colours")
+    return dict(own=float(np.mean(own)), swap_keeps=float(np.mean(keeps)), swap_takes=float(np.mean(takes)),
+                n=len(own), skipped=len(examples) - len(own))
+
+
+def main(argv):
+    del argv
+    import jax
+    from absl import app, flags
+    from tqdm import tqdm
+    from shotstream_jax.config import get_config
+    from shotstream_jax.data import pipeline
+    f = flags.FLAGS
+    try:
+        picks = same_character_examples(f.latents)[:f.examples]
+    except ValueError as e:
+        raise app.UsageError(str(e))
+    cfg = get_config("shapes", "ode_pairs")
+    cfg.train.update(teacher_dir=f.teacher, ode_steps=f.steps, ode_guidance=f.guidance)
+    cfg.data.update(encoder_dir=f.encoder_dir, latents_dir=f.latents)
+    _, sample, decode, _, _ = eval_shapes.load_teacher(cfg)
+    source = pipeline.PreencodedSource(f.latents)
+    examples = [source[i] for i in tqdm(picks, desc="examples", unit="example")]
+    progress = tqdm(total=2 * len(examples), desc="teacher samples", unit="sample")
+
+    def counted(ex, key):
+        progress.update()
+        return sample(ex, key)
+
+    out = swap_probe(examples, counted, decode, jax.random.PRNGKey(f.seed))
+    progress.close()
+    out.update(teacher=f.teacher, steps=f.steps, guidance=f.guidance, seed=f.seed)
+    for m in ("own", "swap_keeps", "swap_takes"):
+        print(f"{m:12s} {out[m]:.3f}  (n={out['n']})")
+    if f.output:
+        tmp = f.output + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump(out, fh, indent=1)
+        os.replace(tmp, f.output)
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    flags.DEFINE_string("teacher", None, "A teacher stage's export/.")
+    flags.DEFINE_string("encoder_dir", None, "The model directory of the VAE and text encoder the latents were "
+                        "encoded with (e.g. shotstream_jax/assets/default_model).")
+    flags.DEFINE_string("latents", None, "A pre-encoded world (python -m shotstream_jax.data.preencode).")
+    flags.DEFINE_integer("examples", 48, "Probe the first N `the same character` examples.")
+    flags.DEFINE_integer("steps", 20, "Euler steps per sample.")
+    flags.DEFINE_float("guidance", 1.0, "CFG scale (1: the conditional velocity alone).")
+    flags.DEFINE_integer("seed", 0, "Noise seed (each example's noise is the same with both contexts).")
+    flags.DEFINE_string("output", "", "Also write the figures as JSON here.")
+    flags.mark_flags_as_required(["teacher", "encoder_dir", "latents"])
+    app.run(main)
