@@ -347,16 +347,20 @@ def _memory_examples(n: int, size: int = 32):
 
 
 def test_swap_probe_tells_a_teacher_that_reads_its_context_from_one_that_does_not():
-    """Reference: two stand-in teachers whose answers are known. One draws the character its context shows
-    (the context frames themselves), one draws the ground truth whatever the context (no memory)."""
+    """Reference: stand-in teachers whose answers are known. One draws the character its context shows (the
+    context frames themselves), one draws the ground truth whatever the context (no memory), one draws a
+    plain frame (no character)."""
     from shotstream_jax.eval import shapes_memory
     examples = _memory_examples(8)
     assert len({ex["colour"] for ex in examples}) > 1
     identity = lambda frames: frames
     reads = shapes_memory.swap_probe(examples, lambda ex, key: ex["context"], identity, jax.random.PRNGKey(0))
-    assert reads == dict(own=1.0, swap_keeps=0.0, swap_takes=1.0, n=8, skipped=0)
+    assert reads == dict(own=1.0, swap_keeps=0.0, swap_takes=1.0, drawn=1.0, n=8, skipped=0)
     ignores = shapes_memory.swap_probe(examples, lambda ex, key: ex["target"], identity, jax.random.PRNGKey(0))
-    assert ignores == dict(own=1.0, swap_keeps=1.0, swap_takes=0.0, n=8, skipped=0)
+    assert ignores == dict(own=1.0, swap_keeps=1.0, swap_takes=0.0, drawn=1.0, n=8, skipped=0)
+    blank = shapes_memory.swap_probe(examples, lambda ex, key: np.zeros_like(ex["target"]), identity,
+                                     jax.random.PRNGKey(0))
+    assert blank == dict(own=0.0, swap_keeps=0.0, swap_takes=0.0, drawn=0.0, n=8, skipped=0)
 
 
 def test_swap_context_keeps_the_target_prompt_and_takes_the_partner_history():

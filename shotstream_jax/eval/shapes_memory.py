@@ -13,7 +13,8 @@ character colours read from the decoded samples and from the two decoded ground-
 (`eval.shapes.read_shot`) give
   own         the sample with its own context shows its own character's colour;
   swap_keeps  the sample with the partner's context still shows its own colour;
-  swap_takes  it shows the partner's colour.
+  swap_takes  it shows the partner's colour;
+  drawn       the sample with its own context shows a character at all.
 A teacher that reads its context has `own` and `swap_takes` near 1 and `swap_keeps` near 0. One that
 draws the colour from its noise has `swap_keeps` near `own` and `swap_takes` at chance.
 """
@@ -70,12 +71,12 @@ def swap_probe(examples: Sequence[dict], sample: Callable, decode: Callable, key
 
     sample(ex, key) -> x0 latents of ex's target; decode(latents) -> [-1, 1] frames [F, H, W, 3].
     An example whose ground truth shows no character colour, or with no partner of another colour,
-    is left out (counted in `skipped`). Returns {own, swap_keeps, swap_takes, n, skipped}.
+    is left out (counted in `skipped`). Returns {own, swap_keeps, swap_takes, drawn, n, skipped}.
     """
     import jax
     truth = [_colour(decode, ex["target"]) for ex in examples]
     usable = [i for i, t in enumerate(truth) if t is not None]
-    own, keeps, takes = [], [], []
+    own, keeps, takes, drawn = [], [], [], []
     for n, i in enumerate(usable):
         partner = next((j for j in usable[n + 1:] + usable[:n] if truth[j] != truth[i]), None)
         if partner is None:
@@ -84,13 +85,14 @@ def swap_probe(examples: Sequence[dict], sample: Callable, decode: Callable, key
         with_own = _colour(decode, sample(examples[i], k))
         swapped = _colour(decode, sample(swap_context(examples[i], examples[partner]), k))
         own.append(with_own == truth[i])
+        drawn.append(with_own is not None)
         keeps.append(swapped == truth[i])
         takes.append(swapped == truth[partner])
     if not own:
         raise ValueError(f"no usable pair among {len(examples)} examples: the probe needs at least two "
                          f"`{SAME}` targets whose characters have different colours")
     return dict(own=float(np.mean(own)), swap_keeps=float(np.mean(keeps)), swap_takes=float(np.mean(takes)),
-                n=len(own), skipped=len(examples) - len(own))
+                drawn=float(np.mean(drawn)), n=len(own), skipped=len(examples) - len(own))
 
 
 def main(argv):
@@ -120,7 +122,7 @@ def main(argv):
     out = swap_probe(examples, counted, decode, jax.random.PRNGKey(f.seed))
     progress.close()
     out.update(teacher=f.teacher, steps=f.steps, guidance=f.guidance, seed=f.seed)
-    for m in ("own", "swap_keeps", "swap_takes"):
+    for m in ("own", "swap_keeps", "swap_takes", "drawn"):
         print(f"{m:12s} {out[m]:.3f}  (n={out['n']})")
     if f.output:
         tmp = f.output + ".tmp"
