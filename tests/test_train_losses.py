@@ -133,3 +133,19 @@ def test_ode_pairs_keep_the_reference_steps():
     from shotstream_jax.config import get_config
     from shotstream_jax.train.stages import ode_save_steps
     assert ode_save_steps(get_config("wan_1_3b", "ode_pairs")) == (0, 13, 25, 37)
+
+
+def test_copy_frame_puts_the_target_first_frame_last_in_the_context():
+    """Reference: the example written out by hand; the rate is the share of examples that get it."""
+    from shotstream_jax.train.stages import copy_frame
+    ex = {"context": jnp.ones((6, 2, 2, 4)), "context_shot": jnp.asarray([0, 0, 1, 1, 2, 2]),
+          "target": jnp.arange(3 * 2 * 2 * 4, dtype=jnp.float32).reshape(3, 2, 2, 4) + 10.0}
+    out = jax.vmap(lambda k: copy_frame(ex, k, 0.25))(jax.random.split(jax.random.PRNGKey(0), 4000))
+    copied = np.asarray(out["context"][:, -1, 0, 0, 0] != 1.0)
+    assert 0.22 < copied.mean() < 0.28
+    np.testing.assert_array_equal(np.asarray(out["context"])[copied, -1], np.broadcast_to(ex["target"][0],
+                                                                                         (copied.sum(), 2, 2, 4)))
+    np.testing.assert_array_equal(np.asarray(out["context"])[:, :-1], 1.0)
+    np.testing.assert_array_equal(np.asarray(out["context"])[~copied, -1], 1.0)
+    np.testing.assert_array_equal(np.asarray(out["context_shot"]), np.broadcast_to(ex["context_shot"], (4000, 6)))
+    np.testing.assert_array_equal(np.asarray(out["target"]), np.broadcast_to(ex["target"], (4000, 3, 2, 2, 4)))

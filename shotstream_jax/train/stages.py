@@ -154,6 +154,15 @@ def drop_context(ex, key: jax.Array, rate: float):
     return dict(ex, context=jnp.where(drop, 0.0, ex["context"]), context_shot=jnp.where(drop, 0, ex["context_shot"]))
 
 
+def copy_frame(ex, key: jax.Array, rate: float):
+    """Not in the recipe: with probability `rate` the last context frame becomes the target's own first
+    latent frame (RoPE shot and prompt stay the context's). A curriculum for in-context copying: the
+    target can then be read off the context, which a teacher that explains its target from the prompt
+    and the noise alone never has to learn (benchmarks/RESULTS.md, "After the ninth run")."""
+    copy = jax.random.uniform(key) < rate
+    return dict(ex, context=ex["context"].at[-1].set(jnp.where(copy, ex["target"][0], ex["context"][-1])))
+
+
 def drop_text(ex, key: jax.Array, rate: float):
     """Text dropout (for CFG): with probability `rate` every prompt embedding becomes zeros."""
     return dict(ex, text=jnp.where(jax.random.uniform(key) < rate, 0.0, ex["text"]))
@@ -395,6 +404,8 @@ class TeacherStage(Stage):
 
         def loss_fn(trained, ex, k):
             k_c, k_t, k_loss = jax.random.split(k, 3)
+            if cfg.train.copy_frame:
+                ex = copy_frame(ex, jax.random.fold_in(k, 3), cfg.train.copy_frame)
             ex = drop_text(drop_context(ex, k_c, cfg.train.context_dropout), k_t, cfg.train.text_dropout)
             dit = net.module(trained, state["gen_frozen"])
             fc = ex["context"].shape[0]
