@@ -17,6 +17,10 @@ character colours read from the decoded samples and from the two decoded ground-
   drawn       the sample with its own context shows a character at all.
 A teacher that reads its context has `own` and `swap_takes` near 1 and `swap_keeps` near 0. One that
 draws the colour from its noise has `swap_keeps` near `own` and `swap_takes` at chance.
+
+--copy_frame gives every example the context of the teacher stage's train.copy_frame curriculum (its
+last context frame is its target's own first latent frame): `own` is then a trivial copy, which a
+teacher that has learned to copy from its context gets right.
 """
 from __future__ import annotations
 
@@ -111,8 +115,11 @@ def main(argv):
     cfg.train.update(teacher_dir=f.teacher, ode_steps=f.steps, ode_guidance=f.guidance)
     cfg.data.update(encoder_dir=f.encoder_dir, latents_dir=f.latents)
     _, sample, decode, _, _ = eval_shapes.load_teacher(cfg)
+    from shotstream_jax.train import stages
     source = pipeline.PreencodedSource(f.latents)
     examples = [source[i] for i in tqdm(picks, desc="examples", unit="example")]
+    if f.copy_frame:
+        examples = [jax.tree.map(np.asarray, stages.copy_frame(ex, jax.random.PRNGKey(0), 1.0)) for ex in examples]
     progress = tqdm(total=2 * len(examples), desc="teacher samples", unit="sample")
 
     def counted(ex, key):
@@ -121,7 +128,7 @@ def main(argv):
 
     out = swap_probe(examples, counted, decode, jax.random.PRNGKey(f.seed))
     progress.close()
-    out.update(teacher=f.teacher, steps=f.steps, guidance=f.guidance, seed=f.seed)
+    out.update(teacher=f.teacher, steps=f.steps, guidance=f.guidance, seed=f.seed, copy_frame=f.copy_frame)
     for m in ("own", "swap_keeps", "swap_takes", "drawn"):
         print(f"{m:12s} {out[m]:.3f}  (n={out['n']})")
     if f.output:
@@ -141,6 +148,8 @@ if __name__ == "__main__":
     flags.DEFINE_integer("steps", 20, "Euler steps per sample.")
     flags.DEFINE_float("guidance", 1.0, "CFG scale (1: the conditional velocity alone).")
     flags.DEFINE_integer("seed", 0, "Noise seed (each example's noise is the same with both contexts).")
+    flags.DEFINE_bool("copy_frame", False, "Every example's last context frame is its target's own first latent "
+                      "frame (the teacher stage's train.copy_frame curriculum).")
     flags.DEFINE_string("output", "", "Also write the figures as JSON here.")
     flags.mark_flags_as_required(["teacher", "encoder_dir", "latents"])
     app.run(main)

@@ -160,7 +160,8 @@ def copy_frame(ex, key: jax.Array, rate: float):
     target can then be read off the context, which a teacher that explains its target from the prompt
     and the noise alone never has to learn (benchmarks/RESULTS.md, "After the ninth run")."""
     copy = jax.random.uniform(key) < rate
-    return dict(ex, context=ex["context"].at[-1].set(jnp.where(copy, ex["target"][0], ex["context"][-1])))
+    context = jnp.asarray(ex["context"])
+    return dict(ex, context=context.at[-1].set(jnp.where(copy, ex["target"][0], context[-1])))
 
 
 def drop_text(ex, key: jax.Array, rate: float):
