@@ -343,6 +343,13 @@ def generate_teacher_videos(cfg, stories_path: str, out_dir: str, seed: int = 0,
                 w.write(frames)
 
 
+def save_metrics(path: str, metrics: dict) -> None:
+    """`metrics` as JSON at `path`, written whole or not at all (a temp file, then renamed)."""
+    with open(path + ".tmp", "w") as fh:
+        json.dump(metrics, fh, indent=1)
+    os.replace(path + ".tmp", path)
+
+
 def main(argv):
     del argv
     from absl import app, flags
@@ -372,10 +379,7 @@ def main(argv):
         if not m.endswith("_n"):
             print(f"{m:28s} {metrics[m]:.3f}  (n={metrics[m + '_n']})")
     if f.output:
-        tmp = f.output + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(metrics, fh, indent=1)
-        os.replace(tmp, f.output)
+        save_metrics(f.output, metrics)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ teacher that has learned to copy from its context gets right.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Callable, Optional, Sequence
 
@@ -132,10 +131,7 @@ def main(argv):
     for m in ("own", "swap_keeps", "swap_takes", "drawn"):
         print(f"{m:12s} {out[m]:.3f}  (n={out['n']})")
     if f.output:
-        tmp = f.output + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(out, fh, indent=1)
-        os.replace(tmp, f.output)
+        eval_shapes.save_metrics(f.output, out)
 
 
 if __name__ == "__main__":
