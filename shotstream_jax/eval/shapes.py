@@ -289,7 +289,6 @@ def load_teacher(cfg):
     context as zeros: one compile for every shot), decode(x0) -> [-1, 1] frames, encode_video, encode_text).
     """
     import jax
-    import jax.numpy as jnp
     import ml_collections
     from flax import nnx
     from shotstream_jax import model_dir, sharding
