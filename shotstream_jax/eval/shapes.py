@@ -256,6 +256,7 @@ def teacher_story(cfg, sample_shot, encode_video, encode_text, decode, global_ca
     """
     import jax
     from shotstream_jax.data import pipeline
+    from shotstream_jax.pipeline import to_uint8
     from shotstream_jax.text import shot_prompt
     s, max_shots = cfg.shotstream, cfg.data.max_shots
     if len(captions) > max_shots:
@@ -274,8 +275,7 @@ def teacher_story(cfg, sample_shot, encode_video, encode_text, decode, global_ca
             context, ctx_shot = None, np.zeros(s.context_frames, np.int32)
         ex = dict(context=context, context_shot=ctx_shot, target_shot=np.int32(k), text=text)
         x0 = sample_shot(ex, jax.random.fold_in(key, k))
-        frames = np.asarray(decode(x0))
-        shots.append(np.clip(np.round((frames + 1.0) * 127.5), 0, 255).astype(np.uint8))
+        shots.append(np.asarray(to_uint8(decode(x0))))
     return shots
 
 

@@ -64,9 +64,8 @@ def swap_context(ex: dict, other: dict) -> dict:
 
 
 def _colour(decode: Callable, latents) -> Optional[str]:
-    frames = np.asarray(decode(latents), np.float32)
-    return eval_shapes.read_shot(np.clip(np.round((frames + 1.0) * 127.5), 0, 255).astype(np.uint8))[
-        "character_colour"]
+    from shotstream_jax.pipeline import to_uint8
+    return eval_shapes.read_shot(np.asarray(to_uint8(decode(latents))))["character_colour"]
 
 
 def swap_probe(examples: Sequence[dict], sample: Callable, decode: Callable, key) -> dict:
@@ -105,6 +104,7 @@ def main(argv):
     from tqdm import tqdm
     from shotstream_jax.config import get_config
     from shotstream_jax.data import pipeline
+    from shotstream_jax.train import stages
     f = flags.FLAGS
     try:
         picks = same_character_examples(f.latents)[:f.examples]
@@ -114,7 +114,6 @@ def main(argv):
     cfg.train.update(teacher_dir=f.teacher, ode_steps=f.steps, ode_guidance=f.guidance)
     cfg.data.update(encoder_dir=f.encoder_dir, latents_dir=f.latents)
     _, sample, decode, _, _ = eval_shapes.load_teacher(cfg)
-    from shotstream_jax.train import stages
     source = pipeline.PreencodedSource(f.latents)
     examples = [source[i] for i in tqdm(picks, desc="examples", unit="example")]
     if f.copy_frame:
