@@ -340,27 +340,36 @@ def _memory_examples(n: int, size: int = 32):
             text = np.zeros((5, 2, 3), np.float32)
             text[:len(story.shots), :, 0] = np.arange(len(story.shots))[:, None] + 10 * len(out)
             out.append(dict(context=gt[:6], context_shot=np.zeros(6, np.int32), target=gt[6:12],
-                            target_shot=np.int32(1), text=text, colour=story.shots[0].colour))
+                            target_shot=np.int32(1), text=text, colour=story.shots[0].colour,
+                            backgrounds=(story.shots[0].background, story.shots[1].background)))
             if len(out) == n:
                 return out
     raise AssertionError("the world has too few stories whose second shot is `the same character`")
 
 
 def test_swap_probe_tells_a_teacher_that_reads_its_context_from_one_that_does_not():
-    """Reference: stand-in teachers whose answers are known. One draws the character its context shows (the
-    context frames themselves), one draws the ground truth whatever the context (no memory), one draws a
-    plain frame (no character)."""
+    """Reference: stand-in teachers whose answers are known. One copies its context frames wholesale (it
+    shows the context's character, and starts on the context's background), one starts on its last context
+    frame and then draws the ground truth (no cut), one draws the ground truth whatever the context (no
+    memory), one draws a black frame (no character)."""
     from shotstream_jax.eval import shapes_memory
     examples = _memory_examples(8)
     assert len({ex["colour"] for ex in examples}) > 1
+    same_background = np.mean([a == b for a, b in (ex["backgrounds"] for ex in examples)])
+    assert same_background < 1
     identity = lambda frames: frames
-    reads = shapes_memory.swap_probe(examples, lambda ex, key: ex["context"], identity, jax.random.PRNGKey(0))
-    assert reads == dict(own=1.0, swap_keeps=0.0, swap_takes=1.0, drawn=1.0, n=8, skipped=0)
+    copies = shapes_memory.swap_probe(examples, lambda ex, key: ex["context"], identity, jax.random.PRNGKey(0))
+    assert copies == dict(own=1.0, swap_keeps=0.0, swap_takes=1.0, drawn=1.0, cut=same_background, n=8,
+                          skipped=0)
+    starts_on_context = lambda ex, key: np.concatenate([ex["context"][-1:], ex["target"][1:]])
+    starts = shapes_memory.swap_probe(examples, starts_on_context, identity, jax.random.PRNGKey(0))
+    assert starts == dict(own=1.0, swap_keeps=1.0, swap_takes=0.0, drawn=1.0, cut=same_background, n=8, skipped=0)
     ignores = shapes_memory.swap_probe(examples, lambda ex, key: ex["target"], identity, jax.random.PRNGKey(0))
-    assert ignores == dict(own=1.0, swap_keeps=1.0, swap_takes=0.0, drawn=1.0, n=8, skipped=0)
-    blank = shapes_memory.swap_probe(examples, lambda ex, key: np.zeros_like(ex["target"]), identity,
+    assert ignores == dict(own=1.0, swap_keeps=1.0, swap_takes=0.0, drawn=1.0, cut=1.0, n=8, skipped=0)
+    blank = shapes_memory.swap_probe(examples, lambda ex, key: -np.ones_like(ex["target"]), identity,
                                      jax.random.PRNGKey(0))
-    assert blank == dict(own=0.0, swap_keeps=0.0, swap_takes=0.0, drawn=0.0, n=8, skipped=0)
+    black = np.mean([ex["backgrounds"][1] == "black" for ex in examples])   # (0, 0, 0) reads as black
+    assert blank == dict(own=0.0, swap_keeps=0.0, swap_takes=0.0, drawn=0.0, cut=black, n=8, skipped=0)
 
 
 def test_swap_context_keeps_the_target_prompt_and_takes_the_partner_history():

@@ -14,9 +14,14 @@ character colours read from the decoded samples and from the two decoded ground-
   own         the sample with its own context shows its own character's colour;
   swap_keeps  the sample with the partner's context still shows its own colour;
   swap_takes  it shows the partner's colour;
-  drawn       the sample with its own context shows a character at all.
-A teacher that reads its context has `own` and `swap_takes` near 1 and `swap_keeps` near 0. One that
-draws the colour from its noise has `swap_keeps` near `own` and `swap_takes` at chance.
+  drawn       the sample with its own context shows a character at all;
+  cut         the sample with its own context starts on its own background: its first frame's background
+              is the ground-truth target's.
+A teacher that reads its context has `own` and `swap_takes` near 1, `swap_keeps` near 0 and `cut` near 1.
+One that draws the colour from its noise has `swap_keeps` near `own` and `swap_takes` at chance. One that
+copies its last context frame into the target wholesale also scores high `own` and `swap_takes`, but its
+`cut` falls to the share of examples whose last context frame already has the target's background: that
+is a shortcut, not memory (the copy curriculum's teacher, benchmarks/RESULTS.md).
 
 --copy_frame gives every example the context of the teacher stage's train.copy_frame curriculum (its
 last context frame is its target's own first latent frame): `own` is then a trivial copy, which a
@@ -29,6 +34,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from shotstream_jax.data import shapes
 from shotstream_jax.eval import shapes as eval_shapes
 
 SAME = "the same character"
@@ -63,9 +69,12 @@ def swap_context(ex: dict, other: dict) -> dict:
                 target_shot=other["target_shot"])
 
 
-def _colour(decode: Callable, latents) -> Optional[str]:
+def _read(decode: Callable, latents) -> tuple[Optional[str], str]:
+    """The character colour of the decoded shot and the background of its first frame."""
     from shotstream_jax.pipeline import to_uint8
-    return eval_shapes.read_shot(np.asarray(to_uint8(decode(latents))))["character_colour"]
+    frames = np.asarray(to_uint8(decode(latents)))
+    first = eval_shapes.read_frame(eval_shapes.palette_labels(frames[0])).background
+    return eval_shapes.read_shot(frames)["character_colour"], shapes.COLOURS[first]
 
 
 def swap_probe(examples: Sequence[dict], sample: Callable, decode: Callable, key) -> dict:
@@ -73,28 +82,30 @@ def swap_probe(examples: Sequence[dict], sample: Callable, decode: Callable, key
 
     sample(ex, key) -> x0 latents of ex's target; decode(latents) -> [-1, 1] frames [F, H, W, 3].
     An example whose ground truth shows no character colour, or with no partner of another colour,
-    is left out (counted in `skipped`). Returns {own, swap_keeps, swap_takes, drawn, n, skipped}.
+    is left out (counted in `skipped`). Returns {own, swap_keeps, swap_takes, drawn, cut, n, skipped}.
     """
     import jax
-    truth = [_colour(decode, ex["target"]) for ex in examples]
+    reads = [_read(decode, ex["target"]) for ex in examples]
+    truth = [colour for colour, _ in reads]
     usable = [i for i, t in enumerate(truth) if t is not None]
-    own, keeps, takes, drawn = [], [], [], []
+    own, keeps, takes, drawn, cut = [], [], [], [], []
     for n, i in enumerate(usable):
         partner = next((j for j in usable[n + 1:] + usable[:n] if truth[j] != truth[i]), None)
         if partner is None:
             continue
         k = jax.random.fold_in(key, i)
-        with_own = _colour(decode, sample(examples[i], k))
-        swapped = _colour(decode, sample(swap_context(examples[i], examples[partner]), k))
+        with_own, first = _read(decode, sample(examples[i], k))
+        swapped, _ = _read(decode, sample(swap_context(examples[i], examples[partner]), k))
         own.append(with_own == truth[i])
         drawn.append(with_own is not None)
+        cut.append(first == reads[i][1])
         keeps.append(swapped == truth[i])
         takes.append(swapped == truth[partner])
     if not own:
         raise ValueError(f"no usable pair among {len(examples)} examples: the probe needs at least two "
                          f"`{SAME}` targets whose characters have different colours")
     return dict(own=float(np.mean(own)), swap_keeps=float(np.mean(keeps)), swap_takes=float(np.mean(takes)),
-                drawn=float(np.mean(drawn)), n=len(own), skipped=len(examples) - len(own))
+                drawn=float(np.mean(drawn)), cut=float(np.mean(cut)), n=len(own), skipped=len(examples) - len(own))
 
 
 def main(argv):
@@ -127,7 +138,7 @@ def main(argv):
     out = swap_probe(examples, counted, decode, jax.random.PRNGKey(f.seed))
     progress.close()
     out.update(teacher=f.teacher, steps=f.steps, guidance=f.guidance, seed=f.seed, copy_frame=f.copy_frame)
-    for m in ("own", "swap_keeps", "swap_takes", "drawn"):
+    for m in ("own", "swap_keeps", "swap_takes", "drawn", "cut"):
         print(f"{m:12s} {out[m]:.3f}  (n={out['n']})")
     if f.output:
         eval_shapes.save_metrics(f.output, out)
