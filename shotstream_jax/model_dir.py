@@ -125,6 +125,25 @@ def load_dit(model_dir: str, **overrides) -> WanDiT:
     return checkpoint.load_state(os.path.join(model_dir, "dit"), lambda: WanDiT(cfg, rngs=nnx.Rngs(0)))
 
 
+def _vae_config(meta: dict) -> WanVAEConfig:
+    return WanVAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["vae"].items()})
+
+
+def encoder_vae_config(cfg) -> WanVAEConfig:
+    """The VAE of a DiT stage of `cfg`, as `train.stages.vae_params` picks it: data.encoder_dir's (the
+    Shapes 4x VAE has spatial factor 4), else for toy runs the default model's tiny one, else the Wan
+    VAE. Its spatial factor sets the latent grid (the toy encoder's is 8, as both of those have)."""
+    path = cfg.data.get("encoder_dir")
+    if not path:
+        from shotstream_jax import default_model
+        return default_model.VAE if cfg.size == "toy" else WanVAEConfig()
+    meta = _meta(path)
+    if "vae" not in meta:
+        raise ValueError(f"{path}: holds no VAE; data.encoder_dir names the model directory whose VAE "
+                         f"encodes the training videos")
+    return _vae_config(meta)
+
+
 def load_pipeline(model_dir: str, **dit_overrides):
     """(config, dit, vae, text_encoder) of a full model directory, for `ShotStream`."""
     from shotstream_jax.config import get_config
@@ -139,7 +158,7 @@ def load_pipeline(model_dir: str, **dit_overrides):
         config = ml_collections.ConfigDict(meta["config"])
     dit = load_dit(model_dir, **dit_overrides)
     config.model = ml_collections.ConfigDict(_json_ready(dataclasses.asdict(dit.cfg)))
-    vae_cfg = WanVAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["vae"].items()})
+    vae_cfg = _vae_config(meta)
     vae = checkpoint.load_state(os.path.join(model_dir, "vae"), lambda: WanVAE(vae_cfg, rngs=nnx.Rngs(0)))
     t5_cfg = UMT5Config(**meta["umt5"])
     t5 = checkpoint.load_state(os.path.join(model_dir, "text_encoder"), lambda: UMT5Encoder(t5_cfg, rngs=nnx.Rngs(0)))

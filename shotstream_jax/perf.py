@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterator, NamedTuple
 
 import jax
 
+from shotstream_jax import model_dir
 from shotstream_jax.models.wan_dit import WanDiTConfig
 
 # Dense bf16 peak FLOP/s per chip (vendor datasheets, no sparsity), by a
@@ -237,7 +238,8 @@ def train_example_flops(cfg) -> tuple[int, int]:
     """
     m, s, t = WanDiTConfig.from_dict(cfg.model), cfg.shotstream, cfg.train
     pt, ph, pw = m.patch_size
-    tpf = (cfg.video.height // 8 // ph) * (cfg.video.width // 8 // pw)
+    sf = model_dir.encoder_vae_config(cfg).spatial_factor
+    tpf = (cfg.video.height // sf // ph) * (cfg.video.width // sf // pw)
     fc, ft = s.context_frames, s.shot_latent_frames
     full = (fc + ft) * tpf
     one = dit_pass_flops(m, full, full, m.text_len, fc + ft)

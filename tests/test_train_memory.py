@@ -46,3 +46,27 @@ def test_dmd_1_3b_on_8_chips():
 def test_dmd_14b_on_64_chips():
     cfg, e = _dmd_estimate("wan_14b", 64, fsdp=32, context=2)
     assert e["total"] < 80e9, memory.report(cfg, chips=64)
+
+
+def test_latent_grid_follows_the_encoder_directorys_vae(tmp_path):
+    """Reference: DiT tokens of one teacher example written out, (Fc + Ft) x (H / f / ph) x (W / f / pw),
+    with the Wan VAE's f = 8 when no encoder directory is named and the 4x Shapes VAE's f = 4 when it is."""
+    from shotstream_jax import model_dir, perf
+    from shotstream_jax.models.wan_vae import WanVAE, WanVAEConfig
+    cfg = get_config("shapes", "teacher")
+    m, s, v = cfg.model, cfg.shotstream, cfg.video
+    _, ph, pw = m.patch_size
+    frames = s.context_frames + s.shot_latent_frames
+    assert perf.train_example_flops(cfg)[1] == frames * (v.height // 8 // ph) * (v.width // 8 // pw)
+    dit = WanDiT(WanDiTConfig.from_dict(m), rngs=nnx.Rngs(0))
+    vae4x = WanVAE(WanVAEConfig(base_dim=8, dim_mult=(1, 2, 2), num_res_blocks=1, temporal_downsample=(True, True)),
+                   rngs=nnx.Rngs(0))
+    model_dir.save(str(tmp_path / "vae4x"), dit, vae=vae4x)
+    cfg.data.encoder_dir = str(tmp_path / "vae4x")
+    assert perf.train_example_flops(cfg)[1] == frames * (v.height // 4 // ph) * (v.width // 4 // pw)
+    assert memory._example(cfg)["target"].shape == (s.shot_latent_frames, v.height // 4, v.width // 4,
+                                                    m.in_channels)
+    model_dir.save(str(tmp_path / "dit_only"), dit)
+    cfg.data.encoder_dir = str(tmp_path / "dit_only")
+    with pytest.raises(ValueError, match="holds no VAE"):
+        perf.train_example_flops(cfg)

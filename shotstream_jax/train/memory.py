@@ -19,8 +19,8 @@ from jax._src.ad_checkpoint import saved_residuals
 from flax import nnx
 from jax.sharding import AbstractMesh
 
-from shotstream_jax import sharding
-from shotstream_jax.models.wan_vae import WanVAE, WanVAEConfig
+from shotstream_jax import model_dir, sharding
+from shotstream_jax.models.wan_vae import WanVAE
 from shotstream_jax.train import stages
 
 GB = 1e9
@@ -40,7 +40,8 @@ def _bytes(tree, shardings=None) -> int:
 def _example(cfg) -> dict:
     """ShapeDtypeStructs of one training example (data/pipeline.py layout; ode_init adds the ODE states)."""
     m, s = cfg.model, cfg.shotstream
-    h, w = cfg.video.height // 8, cfg.video.width // 8
+    sf = model_dir.encoder_vae_config(cfg).spatial_factor
+    h, w = cfg.video.height // sf, cfg.video.width // sf
     f32, i32 = np.float32, np.int32
     ex = dict(context=((s.context_frames, h, w, m.in_channels), f32), context_shot=((s.context_frames,), i32),
               target=((s.shot_latent_frames, h, w, m.in_channels), f32), target_shot=((), i32),
@@ -96,8 +97,8 @@ def estimate(cfg, chips: int | None = None) -> dict:
         consts = {"real": abstract[real],
                   "uncond": jax.ShapeDtypeStruct((cfg.model.text_len, cfg.model.text_dim), np.float32)}
     if isinstance(stage, stages.DmdInterStage):
-        # The Wan VAE that decodes and re-encodes the generated shots, replicated as `vae_params` puts it.
-        vae = nnx.eval_shape(lambda: WanVAE(WanVAEConfig(), rngs=nnx.Rngs(0)))
+        # The VAE that decodes and re-encodes the generated shots, replicated as `vae_params` puts it.
+        vae = nnx.eval_shape(lambda: WanVAE(model_dir.encoder_vae_config(cfg), rngs=nnx.Rngs(0)))
         stage.vae_graphdef, vae_state = nnx.split(vae, nnx.Param)
         consts["vae"] = vae_state.to_pure_dict()
         params += _bytes(consts["vae"])
