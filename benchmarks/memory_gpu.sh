@@ -50,7 +50,7 @@ probe() {  # probe NAME TEACHER [flags]
   [ -d $R/$t/export ] || { log "probe $name: no export"; return; }
   $PY -m shotstream_jax.eval.shapes_memory --teacher=$R/$t/export --encoder_dir=$ENCD --latents=$R/latents \
     --examples=$EX --output=$R/probe_$name.json "$@" > $R/probe_$name.log 2>&1
-  log "probe $name: $($PY -c "import json,sys; d=json.load(open(sys.argv[1])); print({k: d[k] for k in ('own', 'swap_keeps', 'swap_takes', 'drawn', 'n')})" $R/probe_$name.json 2>/dev/null || tail -n 3 $R/probe_$name.log)"
+  log "probe $name: $($PY -c "import json,sys; d=json.load(open(sys.argv[1])); print({k: d[k] for k in ('own', 'swap_keeps', 'swap_takes', 'drawn', 'cut', 'n')})" $R/probe_$name.json 2>/dev/null || tail -n 3 $R/probe_$name.log)"
 }
 
 log "phase 1"
