@@ -72,9 +72,8 @@ def swap_context(ex: dict, other: dict) -> dict:
 def _read(decode: Callable, latents) -> tuple[Optional[str], str]:
     """The character colour of the decoded shot and the background of its first frame."""
     from shotstream_jax.pipeline import to_uint8
-    frames = np.asarray(to_uint8(decode(latents)))
-    first = eval_shapes.read_frame(eval_shapes.palette_labels(frames[0])).background
-    return eval_shapes.read_shot(frames)["character_colour"], shapes.COLOURS[first]
+    shot = eval_shapes.read_shot(np.asarray(to_uint8(decode(latents))))
+    return shot["character_colour"], shapes.COLOURS[shot["frames"][0].background]
 
 
 def swap_probe(examples: Sequence[dict], sample: Callable, decode: Callable, key) -> dict:
