@@ -139,6 +139,22 @@ def preencode(cfg, manifest_path: str, out_dir: str, encode_video, encode_text, 
     return progress["written"]
 
 
+def manifest_clips(latents_dir: str) -> list[manifest.Clip]:
+    """The manifest rows of a pre-encoded directory's examples: example i is row i of the manifest its
+    index.json names (`preencode` writes them in manifest order); ValueError when they do not line up."""
+    path = os.path.join(latents_dir, "index.json")
+    try:
+        index = checkpoint.read_json(path)
+        clips, _ = manifest.read_manifest(index["manifest"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a pre-encoded world's index ({e}); write one with "
+                         f"python -m shotstream_jax.data.preencode") from None
+    if index.get("skipped") or len(clips) != index.get("examples"):
+        raise ValueError(f"{path}: {index.get('examples')} examples for {len(clips)} manifest rows "
+                         f"({index.get('skipped')} skipped): examples and rows no longer line up")
+    return clips
+
+
 FLAGS = flags.FLAGS
 
 

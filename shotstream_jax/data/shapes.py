@@ -155,10 +155,15 @@ def resolve_captions(captions) -> list[dict]:
     return out
 
 
-def _path(rng: np.random.Generator, framing: str, motion: str, size: int):
-    """Start and end centre of the shape: inside the frame, travelling TRAVEL * frame when moving."""
+def centre_range(framing: str, size: int) -> tuple[float, float]:
+    """The centre coordinates (either axis) that keep the whole shape of `framing` inside the frame."""
     half = FRAMINGS[framing] * size / 2
-    lo, hi = half + 1, size - half - 1           # centre range that keeps the whole shape in frame
+    return half + 1, size - half - 1
+
+
+def centre_path(rng: np.random.Generator, framing: str, motion: str, size: int):
+    """Start and end centre of the shape: inside the frame, travelling TRAVEL * frame when moving."""
+    lo, hi = centre_range(framing, size)
     dx, dy = MOTIONS[motion]
     travel = TRAVEL * size if (dx or dy) else 0.0
 
@@ -189,7 +194,7 @@ def make_story(seed: int, index: int, size: int = HEIGHT) -> Story:
         bg = str(rng.choice([c for c in COLOURS if c != who[0] and c != bg]))
         framing = str(rng.choice(list(FRAMINGS)))
         motion = str(rng.choice(list(MOTIONS)))
-        start, end = _path(rng, framing, motion, size)
+        start, end = centre_path(rng, framing, motion, size)
         shots.append(Shot(framing, who[0], who[1], motion, bg, same, start, end))
     glob = GLOBAL_ONE if named == 1 else GLOBAL_MANY
     return Story(str(glob[rng.integers(len(glob))]), tuple(shots))
@@ -265,8 +270,8 @@ def write_dataset(out_dir: str, num_stories: int, seed: int = 0, shot_frames: in
 
     `prefixes`: one manifest row per prefix of 2..n shots of each story (the training pipeline makes the
     last shot of a row its target, so every later shot becomes a next-shot example); else one row per story.
-    Also writes `stories.json` (every story: video name, global caption, shot captions) for generation and
-    evaluation, and the world's `tokenizer.json`. Existing videos are kept, so an interrupted run continues.
+    Also writes `stories.json` (seed, frame size and every story: video name, global caption, shot captions)
+    for generation, evaluation and cue frames (data/shapes_cues.py), and the world's `tokenizer.json`. Existing videos are kept, so an interrupted run continues.
     `workers` > 1 renders and encodes the videos in that many processes (the same files: a story depends
     only on seed and index).
     """
@@ -295,7 +300,7 @@ def write_dataset(out_dir: str, num_stories: int, seed: int = 0, shot_frames: in
         stories.append(dict(video=name + ".mp4", global_caption=story.global_caption,
                             shots=[s.caption for s in story.shots]))
     with open(os.path.join(out_dir, "stories.json"), "w") as f:
-        json.dump(dict(seed=seed, shot_frames=shot_frames, fps=fps, stories=stories), f, indent=1)
+        json.dump(dict(seed=seed, shot_frames=shot_frames, fps=fps, size=size, stories=stories), f, indent=1)
     write_tokenizer(os.path.join(out_dir, "tokenizer.json"))
     return write_manifest(os.path.join(out_dir, "manifest.csv"), rows)
 

@@ -25,11 +25,12 @@ is a shortcut, not memory (the copy curriculum's teacher, benchmarks/RESULTS.md)
 
 --copy_frame gives every example the context of the teacher stage's train.copy_frame curriculum (its
 last context frame is its target's own first latent frame): `own` is then a trivial copy, which a
-teacher that has learned to copy from its context gets right.
+teacher that has learned to copy from its context gets right. --cue_level=L gives every example its cue
+frame of level L (data/shapes_cues.py: the target's character on the context shot's background): a teacher
+that takes the character from it, and not the whole frame, scores high `own` and `cut` together.
 """
 from __future__ import annotations
 
-import os
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -41,23 +42,9 @@ SAME = "the same character"
 
 
 def same_character_examples(latents_dir: str) -> list[int]:
-    """Indices of a pre-encoded world's examples (`data.preencode`) whose target is a `the same character` shot.
-
-    Example i is row i of the manifest its index.json names (preencode writes them in manifest order).
-    """
-    from shotstream_jax import checkpoint
-    from shotstream_jax.data import manifest
-    path = os.path.join(latents_dir, "index.json")
-    try:
-        index = checkpoint.read_json(path)
-        clips, _ = manifest.read_manifest(index["manifest"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: not a pre-encoded world's index ({e}); write one with "
-                         f"python -m shotstream_jax.data.preencode") from None
-    if index.get("skipped") or len(clips) != index.get("examples"):
-        raise ValueError(f"{path}: {index.get('examples')} examples for {len(clips)} manifest rows "
-                         f"({index.get('skipped')} skipped): examples and rows no longer line up")
-    return [i for i, c in enumerate(clips) if SAME in c.prompts[-1]]
+    """Indices of a pre-encoded world's examples (`data.preencode`) whose target is a `the same character` shot."""
+    from shotstream_jax.data import preencode
+    return [i for i, c in enumerate(preencode.manifest_clips(latents_dir)) if SAME in c.prompts[-1]]
 
 
 def swap_context(ex: dict, other: dict) -> dict:
@@ -126,8 +113,14 @@ def main(argv):
     _, sample, decode, _, _ = eval_shapes.load_teacher(cfg)
     source = pipeline.PreencodedSource(f.latents)
     examples = [source[i] for i in tqdm(picks, desc="examples", unit="example")]
-    if f.copy_frame:
-        examples = [jax.tree.map(np.asarray, stages.copy_frame(ex, jax.random.PRNGKey(0), 1.0)) for ex in examples]
+    try:
+        if f.copy_frame:
+            examples = [jax.tree.map(np.asarray, stages.copy_frame(ex, jax.random.PRNGKey(0), 1.0)) for ex in examples]
+        if f.cue_level >= 0:
+            examples = [jax.tree.map(np.asarray, stages.cue_frame(ex, jax.random.PRNGKey(0), 1.0, f.cue_level))
+                        for ex in examples]
+    except ValueError as e:
+        raise app.UsageError(f"--cue_level={f.cue_level}: {f.latents}: {e}")
     progress = tqdm(total=2 * len(examples), desc="teacher samples", unit="sample")
 
     def counted(ex, key):
@@ -136,7 +129,8 @@ def main(argv):
 
     out = swap_probe(examples, counted, decode, jax.random.PRNGKey(f.seed))
     progress.close()
-    out.update(teacher=f.teacher, steps=f.steps, guidance=f.guidance, seed=f.seed, copy_frame=f.copy_frame)
+    out.update(teacher=f.teacher, steps=f.steps, guidance=f.guidance, seed=f.seed, copy_frame=f.copy_frame,
+               cue_level=f.cue_level)
     for m in ("own", "swap_keeps", "swap_takes", "drawn", "cut"):
         print(f"{m:12s} {out[m]:.3f}  (n={out['n']})")
     if f.output:
@@ -155,6 +149,8 @@ if __name__ == "__main__":
     flags.DEFINE_integer("seed", 0, "Noise seed (each example's noise is the same with both contexts).")
     flags.DEFINE_bool("copy_frame", False, "Every example's last context frame is its target's own first latent "
                       "frame (the teacher stage's train.copy_frame curriculum).")
+    flags.DEFINE_integer("cue_level", -1, "Every example's last context frame is its cue frame of this level "
+                         "(data/shapes_cues.py; the teacher stage's train.cue_frame curriculum); -1: not.")
     flags.DEFINE_string("output", "", "Also write the figures as JSON here.")
     flags.mark_flags_as_required(["teacher", "encoder_dir", "latents"])
     app.run(main)

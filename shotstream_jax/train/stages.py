@@ -154,14 +154,33 @@ def drop_context(ex, key: jax.Array, rate: float):
     return dict(ex, context=jnp.where(drop, 0.0, ex["context"]), context_shot=jnp.where(drop, 0, ex["context_shot"]))
 
 
+def _last_context_frame(ex, key: jax.Array, rate: float, frame: jax.Array):
+    """With probability `rate`, `ex` with `frame` as its last context frame (RoPE shot and prompt stay the context's)."""
+    use = jax.random.uniform(key) < rate
+    context = jnp.asarray(ex["context"])
+    return dict(ex, context=context.at[-1].set(jnp.where(use, frame, context[-1])))
+
+
 def copy_frame(ex, key: jax.Array, rate: float):
     """Not in the recipe: with probability `rate` the last context frame becomes the target's own first
-    latent frame (RoPE shot and prompt stay the context's). A curriculum for in-context copying: the
-    target can then be read off the context, which a teacher that explains its target from the prompt
-    and the noise alone never has to learn (benchmarks/RESULTS.md, "After the ninth run")."""
-    copy = jax.random.uniform(key) < rate
-    context = jnp.asarray(ex["context"])
-    return dict(ex, context=context.at[-1].set(jnp.where(copy, ex["target"][0], context[-1])))
+    latent frame. A curriculum for in-context copying: the target can then be read off the context,
+    which a teacher that explains its target from the prompt and the noise alone never has to learn
+    (benchmarks/RESULTS.md, "After the ninth run"). It teaches going on from that frame, not a cut."""
+    return _last_context_frame(ex, key, rate, ex["target"][0])
+
+
+def cue_frame(ex, key: jax.Array, rate: float, level: int):
+    """Not in the recipe: with probability `rate` the last context frame becomes the example's cue frame of
+    `level` (data/shapes_cues.py: the target's character on the context shot's background, moved further
+    from the target's first position at each level). A curriculum whose shortcut is the character, not
+    the frame: copying the cue's background would break the cut."""
+    if "cue" not in ex:
+        raise ValueError("train.cue_frame needs examples with cue frames: add them to data.latents_dir with "
+                         "python -m shotstream_jax.data.shapes_cues")
+    levels = ex["cue"].shape[0]
+    if not 0 <= level < levels:
+        raise ValueError(f"train.cue_level={level}: the examples have cue levels 0..{levels - 1}")
+    return _last_context_frame(ex, key, rate, ex["cue"][level])
 
 
 def drop_text(ex, key: jax.Array, rate: float):
@@ -407,6 +426,8 @@ class TeacherStage(Stage):
             k_c, k_t, k_loss = jax.random.split(k, 3)
             if cfg.train.copy_frame:
                 ex = copy_frame(ex, jax.random.fold_in(k, 3), cfg.train.copy_frame)
+            if cfg.train.cue_frame:
+                ex = cue_frame(ex, jax.random.fold_in(k, 4), cfg.train.cue_frame, cfg.train.cue_level)
             ex = drop_text(drop_context(ex, k_c, cfg.train.context_dropout), k_t, cfg.train.text_dropout)
             dit = net.module(trained, state["gen_frozen"])
             fc = ex["context"].shape[0]
