@@ -136,3 +136,12 @@ def test_cue_frame_puts_the_chosen_level_last_in_the_context():
         cue_frame(ex, jax.random.PRNGKey(0), 1.0, 4)
     with pytest.raises(ValueError, match="shapes_cues"):
         cue_frame({k: v for k, v in ex.items() if k != "cue"}, jax.random.PRNGKey(0), 1.0, 0)
+
+
+def test_training_with_cue_frames_needs_them_in_the_data(tmp_path):
+    """The toy data have no cue frames: one line that says how to add them, no traceback."""
+    from tests.conftest import run_python
+    r = run_python("-m", "shotstream_jax.cli.train", "--config=configs/toy/teacher.py", f"--workdir={tmp_path}",
+                   "--config.train.steps=1", "--config.train.batch_size=1", "--config.train.cue_frame=1",
+                   "--progress=false", "--config.video.shot_frames=21", "--config.shotstream.shot_latent_frames=6")
+    assert r.returncode == 1 and "shapes_cues" in r.stderr and "Traceback" not in r.stderr

@@ -179,7 +179,7 @@ def cue_frame(ex, key: jax.Array, rate: float, level: int):
                          "python -m shotstream_jax.data.shapes_cues")
     levels = ex["cue"].shape[0]
     if not 0 <= level < levels:
-        raise ValueError(f"train.cue_level={level}: the examples have cue levels 0..{levels - 1}")
+        raise ValueError(f"cue level {level}: the examples have cue levels 0..{levels - 1}")
     return _last_context_frame(ex, key, rate, ex["cue"][level])
 
 
