@@ -127,6 +127,20 @@ def test_cut_and_smoothness_catch_broken_videos():
     assert metrics.score_story(flicker, captions)["smoothness"][0] == 0.0
 
 
+def test_frames_with_no_palette_colour_read_as_nothing():
+    """Reference: a grey video, far from every palette colour, shows no background and no character, so a
+    caption that says red scores 0 on it (a bincount of no pixels once read as the palette's first, red)."""
+    from shotstream_jax.eval.shapes import read_shot
+    grey = np.full((6, 64, 64, 3), 128, np.uint8)
+    shot = read_shot(grey)
+    assert shot["background"] is None and shot["character_colour"] is None
+    assert shot["frames"][0].background == metrics.NONE
+    out = metrics.score_story(np.concatenate([grey, grey]), ["wide shot of a blue circle standing still on a red "
+                                                              "background", "close-up of the same character "
+                                                              "standing still on a green background"])
+    assert out["background"] == [0.0, 0.0] and out["character_colour"] == [0.0, 0.0]
+
+
 def test_bad_captions_and_story_files_fail_clearly(tmp_path):
     """Reference: the grammar; an off-grammar caption or a broken stories file names the problem."""
     with pytest.raises(ValueError, match="not a Shapes-world caption"):

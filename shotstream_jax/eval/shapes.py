@@ -76,8 +76,10 @@ class FrameReading:
 
 
 def read_frame(labels: np.ndarray) -> FrameReading:
-    """Background and character of one labelled frame int[H, W]."""
+    """Background and character of one labelled frame int[H, W]; both NONE when no pixel is near the palette."""
     counts = np.bincount(labels.ravel(), minlength=NONE + 1)[:NONE]
+    if not counts.any():
+        return FrameReading(NONE, NONE)
     bg = int(counts.argmax())
     counts[bg] = 0
     fg = int(counts.argmax())

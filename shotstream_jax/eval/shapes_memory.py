@@ -56,11 +56,12 @@ def swap_context(ex: dict, other: dict) -> dict:
                 target_shot=other["target_shot"])
 
 
-def _read(decode: Callable, latents) -> tuple[Optional[str], str]:
-    """The character colour of the decoded shot and the background of its first frame."""
+def _read(decode: Callable, latents) -> tuple[Optional[str], Optional[str]]:
+    """The character colour of the decoded shot and the background of its first frame (None: unreadable)."""
     from shotstream_jax.pipeline import to_uint8
     shot = eval_shapes.read_shot(np.asarray(to_uint8(decode(latents))))
-    return shot["character_colour"], shapes.COLOURS[shot["frames"][0].background]
+    first = shot["frames"][0].background
+    return shot["character_colour"], shapes.COLOURS[first] if first != eval_shapes.NONE else None
 
 
 def swap_probe(examples: Sequence[dict], sample: Callable, decode: Callable, key) -> dict:
