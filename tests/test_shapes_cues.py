@@ -145,3 +145,23 @@ def test_training_with_cue_frames_needs_them_in_the_data(tmp_path):
                    "--config.train.steps=1", "--config.train.batch_size=1", "--config.train.cue_frame=1",
                    "--progress=false", "--config.video.shot_frames=21", "--config.shotstream.shot_latent_frames=6")
     assert r.returncode == 1 and "shapes_cues" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_commands_preencode_a_world_and_add_its_cues(tmp_path):
+    """The documented commands, end to end on a 2-story world with the toy encoders; each bad input is one line."""
+    from tests.conftest import run_python
+    manifest = shapes.write_dataset(str(tmp_path / "data"), num_stories=2, seed=5, shot_frames=9, size=32)
+    toy_cfg = "--config=configs/toy/teacher.py"
+    r = run_python("-m", "shotstream_jax.data.preencode", toy_cfg, f"--config.data.manifest={manifest}",
+                   f"--out={tmp_path / 'lat'}")
+    assert r.returncode == 0 and "wrote" in r.stdout, r.stderr[-2000:]
+    n = len(pipeline.PreencodedSource(str(tmp_path / "lat")))
+    r = run_python("-m", "shotstream_jax.data.shapes_cues", toy_cfg, f"--config.data.latents_dir={tmp_path / 'lat'}")
+    assert r.returncode == 0 and f"added cue frames (4 levels) to {n} examples" in r.stdout, r.stderr[-2000:]
+    assert pipeline.PreencodedSource(str(tmp_path / "lat"))[0]["cue"].shape == (4, 4, 4, 16)
+    for args, message in [((), "set --config.data.latents_dir"),
+                          ((f"--config.data.latents_dir={tmp_path / 'data'}",), "not a pre-encoded world")]:
+        r = run_python("-m", "shotstream_jax.data.shapes_cues", toy_cfg, *args)
+        assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr
+    r = run_python("-m", "shotstream_jax.data.preencode", toy_cfg, f"--out={tmp_path / 'other'}")
+    assert r.returncode == 1 and "set --config.data.manifest" in r.stderr and "Traceback" not in r.stderr

@@ -89,3 +89,17 @@ def fail(prog: str, message: str) -> int:
     """Print one clean error line (no traceback) and return the exit code."""
     print(f"{prog}: error: {message}", file=sys.stderr)
     return 1
+
+
+def data_command(prog: str, field: str, missing: str, body) -> int:
+    """A --config command over `config().data.<field>`: `missing` when it is empty, else body(cfg)'s
+    message printed, or its ValueError/OSError as one clean error line."""
+    cfg = config()
+    if not cfg.data[field]:
+        return fail(prog, missing)
+    try:
+        message = body(cfg)
+    except (ValueError, OSError) as e:
+        return fail(prog, str(e))
+    print(message)
+    return 0

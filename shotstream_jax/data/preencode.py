@@ -20,7 +20,7 @@ from absl import app, flags
 from tqdm import tqdm
 
 from shotstream_jax import checkpoint
-from shotstream_jax.cli.common import config, define_config_flag, fail
+from shotstream_jax.cli.common import data_command, define_config_flag
 from shotstream_jax.data import manifest, pipeline
 
 log = logging.getLogger(__name__)
@@ -160,15 +160,12 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    cfg = config()
-    if not cfg.data.manifest:
-        return fail("preencode", "set --config.data.manifest to the CSV to encode")
-    try:
+
+    def body(cfg):
         n = preencode(cfg, cfg.data.manifest, FLAGS.out, *pipeline.encoders(cfg), workers=FLAGS.workers)
-    except (ValueError, OSError) as e:
-        return fail("preencode", str(e))
-    print(f"wrote {n} examples to {FLAGS.out}")
-    return 0
+        return f"wrote {n} examples to {FLAGS.out}"
+
+    return data_command("preencode", "manifest", "set --config.data.manifest to the CSV to encode", body)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from absl import app
 from tqdm import tqdm
 
 from shotstream_jax import checkpoint
-from shotstream_jax.cli.common import config, define_config_flag, fail
+from shotstream_jax.cli.common import data_command, define_config_flag
 from shotstream_jax.data import pipeline, preencode, shapes
 
 # Distance of each level's character from the target's first position, in frame sizes (None: drawn afresh).
@@ -143,15 +143,13 @@ def add_cues(latents_dir: str, cfg, encode_video, chunk: int = 256) -> int:
 
 def main(argv):
     del argv
-    cfg = config()
-    if not cfg.data.latents_dir:
-        return fail("shapes_cues", "set --config.data.latents_dir to a pre-encoded Shapes world")
-    try:
+
+    def body(cfg):
         n = add_cues(cfg.data.latents_dir, cfg, pipeline.encoders(cfg)[0])
-    except (ValueError, OSError) as e:
-        return fail("shapes_cues", str(e))
-    print(f"added cue frames ({len(CUE_SHIFTS)} levels) to {n} examples in {cfg.data.latents_dir}")
-    return 0
+        return f"added cue frames ({len(CUE_SHIFTS)} levels) to {n} examples in {cfg.data.latents_dir}"
+
+    return data_command("shapes_cues", "latents_dir", "set --config.data.latents_dir to a pre-encoded Shapes world",
+                        body)
 
 
 if __name__ == "__main__":
