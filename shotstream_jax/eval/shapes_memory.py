@@ -128,7 +128,10 @@ def main(argv):
         progress.update()
         return sample(ex, key)
 
-    out = swap_probe(examples, counted, decode, jax.random.PRNGKey(f.seed))
+    try:
+        out = swap_probe(examples, counted, decode, jax.random.PRNGKey(f.seed))
+    except ValueError as e:
+        raise app.UsageError(f"{f.latents}: {e}")
     progress.close()
     out.update(teacher=f.teacher, steps=f.steps, guidance=f.guidance, seed=f.seed, copy_frame=f.copy_frame,
                cue_level=f.cue_level)
