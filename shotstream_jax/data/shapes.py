@@ -271,7 +271,8 @@ def write_dataset(out_dir: str, num_stories: int, seed: int = 0, shot_frames: in
     `prefixes`: one manifest row per prefix of 2..n shots of each story (the training pipeline makes the
     last shot of a row its target, so every later shot becomes a next-shot example); else one row per story.
     Also writes `stories.json` (seed, frame size and every story: video name, global caption, shot captions)
-    for generation, evaluation and cue frames (data/shapes_cues.py), and the world's `tokenizer.json`. Existing videos are kept, so an interrupted run continues.
+    for generation, evaluation and cue frames (data/shapes_cues.py), and the world's `tokenizer.json`.
+    Existing videos are kept, so an interrupted run continues.
     `workers` > 1 renders and encodes the videos in that many processes (the same files: a story depends
     only on seed and index).
     """

@@ -120,20 +120,19 @@ def add_cues(latents_dir: str, cfg, encode_video, chunk: int = 256) -> int:
     levels = len(CUE_SHIFTS)
     for first in tqdm(range(0, len(todo), chunk), desc="cue frames", unit="chunk"):
         part = todo[first:first + chunk]
-        frames = []
+        stored, frames = [], []
         for i in part:
+            with np.load(str(src.files[i])) as z:   # as stored (text in float16), to be written back unchanged
+                stored.append({n: z[n] for n in z.files})
             (index, story), target = stories[os.path.basename(clips[i].video)], len(clips[i].ranges) - 1
-            with np.load(str(src.files[i])) as z:
-                behind = int(z["context_shot"][-1])
+            behind = int(stored[-1]["context_shot"][-1])
             frames += [shapes.render_shot(s, frames=1, size=size)[0]
                        for s in cue_shots(story, target, behind, (seed, index, target), size)]
         pixels = pipeline.resize(_through_codec(np.stack(frames), fps), cfg.video.height, cfg.video.width,
                                  cfg.data.resize)
         cues = pipeline.encode_frames(encode_video, pixels).astype(np.float32)
-        for k, i in enumerate(part):
+        for k, (i, arrays) in enumerate(zip(part, stored)):
             path = str(src.files[i])
-            with np.load(path) as z:
-                arrays = {n: z[n] for n in z.files}
             tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays, cue=cues[k * levels:(k + 1) * levels])
