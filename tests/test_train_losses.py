@@ -149,3 +149,22 @@ def test_copy_frame_puts_the_target_first_frame_last_in_the_context():
     np.testing.assert_array_equal(np.asarray(out["context"])[~copied, -1], 1.0)
     np.testing.assert_array_equal(np.asarray(out["context_shot"]), np.broadcast_to(ex["context_shot"], (4000, 6)))
     np.testing.assert_array_equal(np.asarray(out["target"]), np.broadcast_to(ex["target"], (4000, 3, 2, 2, 4)))
+
+
+def test_random_copy_makes_the_target_the_last_of_noise_context_frames():
+    """Reference: the copy task written out (target frames = last context frame, all context new); the rate is the
+    share of examples that become it, the others stay as they were."""
+    from shotstream_jax.train.stages import random_copy
+    ex = {"context": jnp.ones((6, 2, 2, 4)), "context_shot": jnp.asarray([0, 0, 1, 1, 2, 2]),
+          "target": jnp.full((3, 2, 2, 4), 10.0), "text": jnp.full((4, 5, 8), 3.0)}
+    out = jax.vmap(lambda k: random_copy(ex, k, 0.25))(jax.random.split(jax.random.PRNGKey(0), 4000))
+    ctx, tgt = np.asarray(out["context"]), np.asarray(out["target"])
+    task = (ctx != 1.0).all(axis=(1, 2, 3, 4))
+    assert 0.22 < task.mean() < 0.28
+    np.testing.assert_array_equal(tgt[task], np.broadcast_to(ctx[task, -1:], (task.sum(), 3, 2, 2, 4)))
+    assert abs(ctx[task].mean()) < 0.05 and abs(ctx[task].std() - 1.0) < 0.05
+    assert not np.array_equal(ctx[task][0], ctx[task][1])   # fresh frames per example
+    np.testing.assert_array_equal(ctx[~task], 1.0)
+    np.testing.assert_array_equal(tgt[~task], 10.0)
+    np.testing.assert_array_equal(np.asarray(out["context_shot"]), np.broadcast_to(ex["context_shot"], (4000, 6)))
+    np.testing.assert_array_equal(np.asarray(out["text"]), np.broadcast_to(ex["text"], (4000, 4, 5, 8)))
