@@ -168,3 +168,24 @@ def test_random_copy_makes_the_target_the_last_of_noise_context_frames():
     np.testing.assert_array_equal(tgt[~task], 10.0)
     np.testing.assert_array_equal(np.asarray(out["context_shot"]), np.broadcast_to(ex["context_shot"], (4000, 6)))
     np.testing.assert_array_equal(np.asarray(out["text"]), np.broadcast_to(ex["text"], (4000, 4, 5, 8)))
+
+
+def test_random_copy_patch_copies_only_the_square_that_stands_out():
+    """Reference, per example: the last context frame is one constant latent but for a square of 1..n pixels a side;
+    the target is zeros there and that square's values at the same place, in every frame."""
+    from shotstream_jax.train.stages import random_copy
+    ex = {"context": jnp.ones((6, 8, 8, 4)), "context_shot": jnp.asarray([0, 0, 1, 1, 2, 2]),
+          "target": jnp.full((3, 8, 8, 4), 10.0)}
+    out = jax.vmap(lambda k: random_copy(ex, k, 1.0, 3))(jax.random.split(jax.random.PRNGKey(1), 300))
+    sides = set()
+    for ctx, tgt in zip(np.asarray(out["context"]), np.asarray(out["target"])):
+        last = ctx[-1]
+        background = np.median(last.reshape(-1, 4), axis=0)
+        odd = ~np.isclose(last, background).all(-1)
+        ys, xs = np.nonzero(odd)
+        side = ys.max() - ys.min() + 1
+        assert xs.max() - xs.min() + 1 == side and odd.sum() == side * side and 1 <= side <= 3
+        sides.add(int(side))
+        want = np.where(odd[..., None], last, 0.0)
+        np.testing.assert_array_equal(tgt, np.broadcast_to(want, (3, 8, 8, 4)))
+    assert sides == {1, 2, 3}

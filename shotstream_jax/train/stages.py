@@ -183,18 +183,34 @@ def cue_frame(ex, key: jax.Array, rate: float, level: int):
     return _last_context_frame(ex, key, rate, ex["cue"][level])
 
 
-def random_copy(ex, key: jax.Array, rate: float):
-    """Not in the recipe: with probability `rate` the example becomes the pure copy task. Every context
-    frame is Gaussian noise and every target frame is the last context frame. Nothing but the context
-    predicts such a target, so the net has to route content from context tokens to target tokens; on
-    random frames a fresh DiT of the teacher's size finds that route within about 10000 examples,
+def random_copy(ex, key: jax.Array, rate: float, patch: int = 0):
+    """Not in the recipe: with probability `rate` the example becomes a copy task on noise. A warm start for
+    in-context reading; prompts, RoPE shots and the noise level stay the example's.
+
+    patch 0: every context frame is Gaussian noise and every target frame is the last context frame. Nothing
+    but the context predicts such a target, so the net has to route content from context tokens to target
+    tokens; on random frames a fresh DiT of the teacher's size finds that route within about 10000 examples,
     where the Shapes data alone never made it (benchmarks/RESULTS.md, "Memory from scratch on a CPU").
-    A warm start for in-context reading; prompts, RoPE shots and the noise level stay the example's."""
-    k_use, k_frames = jax.random.split(key)
+    patch n > 0: the last context frame is one random colour (a constant latent) with a square of noise, 1 to
+    n latent pixels a side, somewhere in it; every target frame is zeros with that square at the same place.
+    Only the part that stands out of its frame is to be copied, as a character is, not its background.
+    """
+    k_use, k_frames, k_bg, k_side, k_y, k_x = jax.random.split(key, 6)
     use = jax.random.uniform(k_use) < rate
     context = jnp.asarray(ex["context"])
     frames = jax.random.normal(k_frames, context.shape, context.dtype)
-    target = jnp.broadcast_to(frames[-1], ex["target"].shape).astype(ex["target"].dtype)
+    target = frames[-1]
+    if patch:
+        h, w = context.shape[1:3]
+        side = jax.random.randint(k_side, (), 1, patch + 1)
+        y0 = jax.random.randint(k_y, (), 0, h - side + 1)
+        x0 = jax.random.randint(k_x, (), 0, w - side + 1)
+        ys, xs = jnp.arange(h)[:, None, None], jnp.arange(w)[None, :, None]
+        inside = (ys >= y0) & (ys < y0 + side) & (xs >= x0) & (xs < x0 + side)
+        background = jax.random.normal(k_bg, context.shape[-1:], context.dtype)
+        frames = frames.at[-1].set(jnp.where(inside, frames[-1], background))
+        target = jnp.where(inside, frames[-1], 0.0)
+    target = jnp.broadcast_to(target, ex["target"].shape).astype(ex["target"].dtype)
     return dict(ex, context=jnp.where(use, frames, context), target=jnp.where(use, target, ex["target"]))
 
 
@@ -444,7 +460,7 @@ class TeacherStage(Stage):
             if cfg.train.cue_frame:
                 ex = cue_frame(ex, jax.random.fold_in(k, 4), cfg.train.cue_frame, cfg.train.cue_level)
             if cfg.train.random_copy:
-                ex = random_copy(ex, jax.random.fold_in(k, 5), cfg.train.random_copy)
+                ex = random_copy(ex, jax.random.fold_in(k, 5), cfg.train.random_copy, cfg.train.random_copy_patch)
             ex = drop_text(drop_context(ex, k_c, cfg.train.context_dropout), k_t, cfg.train.text_dropout)
             dit = net.module(trained, state["gen_frozen"])
             fc = ex["context"].shape[0]
