@@ -158,7 +158,7 @@ def _add_stage(c: ml_collections.ConfigDict, stage: str, toy: bool) -> None:
         t.cue_frame = 0.0            # > 0: that share of examples see their cue frame as context (stages.cue_frame)
         t.cue_level = 0              # which cue (data/shapes_cues.py CUE_SHIFTS): 0 at the target's place .. 3 anywhere
         t.random_copy = 0.0          # > 0: that share of examples are the pure copy task on noise frames (stages.random_copy)
-        t.random_copy_patch = 0      # > 0: ... copying only a square of up to this many latent pixels a side
+        t.random_copy_patch = 0      # > 0: in those examples only a square of up to this many latent pixels a side is copied
     elif stage == "ode_init":
         t.lr, t.clip_norm = 1e-6, 1.0
         t.text_dropout = 0.1

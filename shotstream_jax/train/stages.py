@@ -185,7 +185,8 @@ def cue_frame(ex, key: jax.Array, rate: float, level: int):
 
 def random_copy(ex, key: jax.Array, rate: float, patch: int = 0):
     """Not in the recipe: with probability `rate` the example becomes a copy task on noise. A warm start for
-    in-context reading; prompts, RoPE shots and the noise level stay the example's.
+    in-context reading; prompts, RoPE shots and the noise level stay the example's. Context dropout still
+    applies after it, and a dropped context leaves nothing to copy: the runs used context_dropout=0.
 
     patch 0: every context frame is Gaussian noise and every target frame is the last context frame. Nothing
     but the context predicts such a target, so the net has to route content from context tokens to target
