@@ -140,6 +140,7 @@ def _add_stage(c: ml_collections.ConfigDict, stage: str, toy: bool) -> None:
         t.latent_penalty = 1e-4      # keeps the posterior means near unit scale
         t.foreground_weight = 0.0    # > 0: the error on what stands out of each frame counts more (VaeStage.loss)
         t.stats_batches = 16         # batches encoded at export to fit the latents' mean/std
+        t.decoder_only = False       # train the decoder alone on init_dir's fixed encoder (VaeStage)
         c.vae = ml_collections.ConfigDict(dict(base_dim=8, z_dim=16, dim_mult=(1, 2, 2, 2), num_res_blocks=1,
                                                temporal_downsample=(False, True, True)))
         # umT5-architecture encoder, random (the recipe never trains umT5; the text stage teaches it word order).

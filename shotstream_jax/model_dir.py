@@ -65,6 +65,18 @@ def save(out_dir: str, dit: WanDiT, *, vae: Optional[WanVAE] = None, text_model:
         checkpoint.write_json(os.path.join(tmp, "config.json"), meta)
 
 
+def replace_vae(src_dir: str, out_dir: str, vae: WanVAE) -> None:
+    """Write model directory `src_dir` to `out_dir` (atomically, replacing it) with `vae` as its VAE."""
+    meta = _meta(src_dir)
+    with checkpoint.atomic_directory(out_dir, overwrite=True) as tmp:
+        for name in os.listdir(src_dir):
+            if name not in ("vae", "config.json"):
+                _copy_tree(checkpoint.as_path(os.path.join(src_dir, name)), checkpoint.as_path(os.path.join(tmp, name)))
+        meta["vae"] = _json_ready(dataclasses.asdict(vae.cfg))
+        checkpoint.save_state(os.path.join(tmp, "vae"), vae)
+        checkpoint.write_json(os.path.join(tmp, "config.json"), meta)
+
+
 def copy_encoders(src_dir, out_dir) -> dict:
     """Copy the VAE, umT5 and tokenizer of model directory `src_dir` into `out_dir` (epath-able);
     returns their config.json entries for the caller to write."""
@@ -127,6 +139,14 @@ def load_dit(model_dir: str, **overrides) -> WanDiT:
 
 def _vae_config(meta: dict) -> WanVAEConfig:
     return WanVAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["vae"].items()})
+
+
+def saved_vae_config(model_dir: str) -> WanVAEConfig:
+    """The VAE recorded in a model directory's config.json (its latents' mean/std included)."""
+    meta = _meta(model_dir)
+    if "vae" not in meta:
+        raise ValueError(f"{model_dir}: holds no VAE")
+    return _vae_config(meta)
 
 
 def encoder_vae_config(cfg) -> WanVAEConfig:

@@ -98,6 +98,59 @@ def test_vae_export_is_a_full_model_directory_with_fitted_latent_stats(vae_run):
     assert (config.video.height, config.shotstream.shot_latent_frames, dit.cfg.text_dim) == (16, 9, 64)
 
 
+@pytest.mark.heavy
+def test_vae_decoder_only_keeps_the_encoder_and_the_model_directory(vae_run, tmp_path):
+    """Reference: the init_dir model directory itself. Two decoder-only steps leave its encoder, quant
+    conv, latent statistics, DiT, text encoder and tokenizer exactly as they were and change the decoder;
+    without an init_dir there is no encoder to keep, one clear error."""
+    from shotstream_jax import sharding
+    from shotstream_jax.train import loop, stages
+    cfg, workdir = vae_run
+    cfg = cfg.copy_and_resolve_references()
+    cfg.train.update(decoder_only=True, init_dir=str(workdir / "export"), lr=1e-2)
+    loop.train(cfg, str(tmp_path / "run"), progress=False)
+    _, dit0, vae0, text0 = model_dir.load_pipeline(str(workdir / "export"))
+    _, dit1, vae1, text1 = model_dir.load_pipeline(str(tmp_path / "run" / "export"))
+    before, after = nnx.state(vae0).to_pure_dict(), nnx.state(vae1).to_pure_dict()
+    for name in ("encoder", "quant_conv"):
+        jax.tree.map(np.testing.assert_array_equal, after[name], before[name])
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after["decoder"]),
+                                                        jax.tree.leaves(before["decoder"])))
+    assert (vae1.cfg.latents_mean, vae1.cfg.latents_std) == (vae0.cfg.latents_mean, vae0.cfg.latents_std)
+    jax.tree.map(np.testing.assert_array_equal, nnx.state(dit1).to_pure_dict(), nnx.state(dit0).to_pure_dict())
+    jax.tree.map(np.testing.assert_array_equal, nnx.state(text1.model).to_pure_dict(),
+                 nnx.state(text0.model).to_pure_dict())
+    assert (tmp_path / "run" / "export" / "tokenizer.json").read_text() == \
+        (workdir / "export" / "tokenizer.json").read_text()
+    cfg.train.init_dir = ""
+    with pytest.raises(ValueError, match="decoder_only needs train.init_dir"):
+        stages.VaeStage(cfg, sharding.make_mesh(cfg.mesh))
+
+
+def test_roundtrip_scores_each_shot_through_the_vae_alone(tmp_path):
+    """Reference: each shot of the story's own video encoded and decoded alone by the model directory's
+    VAE, written through the same video writer and read back."""
+    from shotstream_jax.eval import shapes as eval_shapes
+    from shotstream_jax.pipeline import from_uint8, to_uint8
+    from shotstream_jax.video_io import VideoWriter, read_video
+    shapes.write_dataset(str(tmp_path / "w"), num_stories=1, seed=3, size=16, prefixes=False)
+    config, dit, vae, text = default_model.build()
+    model_dir.save(str(tmp_path / "m"), dit, vae=vae, text_model=text.model, tokenizer="bytes", config=config)
+    stories = str(tmp_path / "w" / "stories.json")
+    eval_shapes.roundtrip_videos(str(tmp_path / "m"), stories, str(tmp_path / "rt"))
+    story = eval_shapes.load_stories(stories)[0]
+    truth, fps = read_video(str(tmp_path / "w" / story["video"]))
+    n = len(truth) // len(story["shots"])
+    with VideoWriter(str(tmp_path / "ref.mp4"), fps=round(fps)) as w:
+        for i in range(len(story["shots"])):
+            w.write(np.asarray(to_uint8(vae.decode(vae.encode(from_uint8(jnp.asarray(truth[i * n:(i + 1) * n]))[None]))[0])))
+    got, want = read_video(str(tmp_path / "rt" / story["video"]))[0], read_video(str(tmp_path / "ref.mp4"))[0]
+    assert got.shape == truth.shape
+    assert np.abs(got.astype(int) - want).mean() < 1.0
+    metrics = eval_shapes.evaluate(stories, str(tmp_path / "rt"))
+    assert metrics["background_n"] == len(story["shots"])
+
+
 def test_default_model_is_the_shipped_directory_when_present(tmp_path, monkeypatch):
     """Reference: a model directory written here; without one the toy model of default_model.build()."""
     monkeypatch.setattr(default_model, "SHIPPED", str(tmp_path / "none"))

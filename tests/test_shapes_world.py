@@ -202,3 +202,12 @@ def test_shapes_4x_vae_configs_share_one_architecture():
     assert got["vae4x"].vae.to_dict() == got["vae4x_shots"].vae.to_dict() == got["vae4x_frames"].vae.to_dict()
     assert got["vae4x_shots"].train.clip_frames == shapes.SHOT_FRAMES
     assert got["vae4x_frames"].train.clip_frames == 1 and got["vae4x_frames"].train.foreground_weight > 0
+
+
+def test_shapes_vae_sharp_config_keeps_the_shipped_vae_architecture():
+    """Reference: vae.py's VAE section (the shipped 8x VAE that init_dir holds) and the world's shot length:
+    the decoder-only stage must load that VAE and decode whole shots, as generation does."""
+    sharp, base = _shapes_config("vae_sharp"), _shapes_config("vae")
+    assert sharp.stage == "vae" and sharp.train.decoder_only
+    assert sharp.vae.to_dict() == base.vae.to_dict()
+    assert sharp.train.clip_frames == shapes.SHOT_FRAMES

@@ -31,8 +31,11 @@ both make equal-length shots).
     python -m shotstream_jax.eval.shapes --stories=... --videos=OUT --teacher=RUN/teacher/export \
         --encoder_dir=RUN/text/export
 
+    python -m shotstream_jax.eval.shapes --stories=HELDOUT/stories.json --videos=OUT --roundtrip=MODEL_DIR
+
 With --model (a student) or --teacher the stories are first generated into
---videos (videos already there are kept), then scored.
+--videos (videos already there are kept), then scored. With --roundtrip the
+stories' own videos are passed through that model directory's VAE instead.
 """
 from __future__ import annotations
 
@@ -246,6 +249,33 @@ def generate_videos(pipe, stories_path: str, out_dir: str, seed: int = 0, limit:
                     w.write(frames)
 
 
+def roundtrip_videos(model_dir: str, stories_path: str, out_dir: str, limit: int = 0) -> None:
+    """The stories' own videos (beside the stories file) through the VAE of `model_dir` into `out_dir`.
+
+    Each shot is encoded and decoded alone, as generation decodes it (the decoder's cache starts afresh
+    every shot), so scoring `out_dir` gives the VAE's ceiling on every metric. Existing videos are kept.
+    """
+    import jax
+    from flax import nnx
+    from tqdm import tqdm
+    from shotstream_jax import model_dir as model_dir_lib
+    from shotstream_jax.pipeline import from_uint8, to_uint8
+    from shotstream_jax.video_io import VideoWriter, read_video
+    _, _, vae, _ = model_dir_lib.load_pipeline(model_dir)
+    roundtrip = nnx.jit(lambda m, x: to_uint8(m.decode(m.encode(from_uint8(x)[None]))[0]))
+    os.makedirs(out_dir, exist_ok=True)
+    src = os.path.dirname(os.path.abspath(stories_path))
+    for s in tqdm(load_stories(stories_path)[:limit or None], desc="roundtrip", unit="story"):
+        path = os.path.join(out_dir, s["video"])
+        if os.path.exists(path):
+            continue
+        frames, fps = read_video(os.path.join(src, s["video"]))
+        n = len(frames) // len(s["shots"])
+        with VideoWriter(path, fps=round(fps)) as w:
+            for i in range(len(s["shots"])):
+                w.write(np.asarray(jax.device_get(roundtrip(vae, frames[i * n:(i + 1) * n]))))
+
+
 def teacher_story(cfg, sample_shot, encode_video, encode_text, decode, global_caption: str,
                   captions: Sequence[str], key, global_context: bool = True) -> list[np.ndarray]:
     """One story drawn by a bidirectional teacher, shot by shot: uint8 frames [shot_frames, H, W, 3] per shot.
@@ -355,11 +385,13 @@ def main(argv):
     del argv
     from absl import app, flags
     f = flags.FLAGS
-    if f.model and f.teacher:
-        raise app.UsageError("give --model (a student) or --teacher, not both")
     if f.teacher and not f.encoder_dir:
         raise app.UsageError("--teacher needs --encoder_dir (the model directory of the VAE and text encoder)")
-    if f.model:
+    if sum(map(bool, (f.model, f.teacher, f.roundtrip))) > 1:
+        raise app.UsageError("give at most one of --model, --teacher and --roundtrip")
+    if f.roundtrip:
+        roundtrip_videos(f.roundtrip, f.stories, f.videos, f.limit)
+    elif f.model:
         from shotstream_jax import ShotStream
         pipe = ShotStream.load(None if f.model == "default" else f.model)
         if f.no_shot_phase:   # ablation: the RoPE shot-discontinuity phase removed at inference
@@ -399,6 +431,9 @@ if __name__ == "__main__":
                         "stage's export/), shot by shot with many steps and CFG, into --videos.")
     flags.DEFINE_string("encoder_dir", "", "With --teacher: the model directory of the VAE and text encoder "
                         "(the text stage's export/).")
+    flags.DEFINE_string("roundtrip", "", "Write the stories' own videos (beside --stories) through the VAE of this "
+                        "model directory into --videos, each shot encoded and decoded alone, then score them: the "
+                        "VAE's ceiling on every metric.")
     flags.DEFINE_integer("teacher_steps", 0, "With --teacher: Euler steps per shot (0: the ode_pairs config's).")
     flags.DEFINE_string("output", "", "Also write the metrics as JSON here.")
     flags.mark_flags_as_required(["stories", "videos"])

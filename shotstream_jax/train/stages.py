@@ -766,8 +766,13 @@ class EncoderStage(Stage):
         """Their ShapeDtypeStructs, without loading or creating anything big."""
         return jax.eval_shape(self._start)
 
+    frozen: tuple = ()   # top-level parameter names held fixed (in state["gen_frozen"])
+
     def _init(self, params):
-        return {"step": jnp.zeros((), jnp.int32), "gen": params, "gen_frozen": {}, "gen_opt": self.tx.init(params)}
+        trained = {k: v for k, v in params.items() if k not in self.frozen}
+        frozen = {k: v for k, v in params.items() if k in self.frozen}
+        return {"step": jnp.zeros((), jnp.int32), "gen": trained, "gen_frozen": frozen,
+                "gen_opt": self.tx.init(trained)}
 
     def abstract_state(self):
         abstract = jax.eval_shape(self._init, self._shape())
@@ -779,7 +784,7 @@ class EncoderStage(Stage):
 
     def step(self, state, consts, batch):
         def loss_fn(params, ex, k):
-            loss, aux = self.loss(params, jax.tree.map(lambda a: a[None], ex), k)
+            loss, aux = self.loss({**params, **state["gen_frozen"]}, jax.tree.map(lambda a: a[None], ex), k)
             return loss, aux, None
 
         state, loss, aux, _ = self._apply(state, "gen", loss_fn, batch, _ones(batch))
@@ -793,6 +798,11 @@ class VaeStage(EncoderStage):
     bounded. The export is a full model directory, usable as `data.encoder_dir`: this VAE with latent
     mean/std fitted on the data, the frozen random umT5-architecture text encoder and tokenizer of
     the `text_encoder` section, and an untrained DiT of the `model` section.
+
+    train.decoder_only (with train.init_dir) trains the decoder side alone: the encoder and its
+    quant conv stay as loaded, so the latents, their mean/std and anything trained on them (a DiT,
+    pre-encoded data) stay valid while the decoder learns to draw them sharper. The export is then
+    init_dir with this VAE: its DiT, text encoder and tokenizer unchanged.
     """
 
     def __init__(self, cfg, mesh):
@@ -804,6 +814,11 @@ class VaeStage(EncoderStage):
         self.graphdef = nnx.graphdef(nnx.eval_shape(lambda: self.make(self.vae_cfg, 0)))
         self.tx = optimizer(cfg, cfg.train.lr, cfg.train.clip_norm)
         self.src = None
+        if cfg.train.decoder_only:
+            if not cfg.train.init_dir:
+                raise ValueError("train.decoder_only needs train.init_dir: the model directory whose encoder "
+                                 "(and latent space) stays fixed")
+            self.frozen = ("encoder", "quant_conv")
 
     def source(self, workdir: str):
         """Pixel clips of the manifest (a generated toy dataset in `workdir` when none is configured)."""
@@ -854,8 +869,13 @@ class VaeStage(EncoderStage):
         import dataclasses
         from shotstream_jax.models.umt5 import UMT5Config, UMT5Encoder
         cfg, te = self.cfg, self.cfg.text_encoder
-        params = jax.device_get(state["gen"])
+        params = jax.device_get({**state["gen"], **state["gen_frozen"]})
         vae = nnx.merge(self.graphdef, params)
+        if cfg.train.decoder_only:  # init_dir with this decoder: its latent space, DiT and text encoder kept
+            init_cfg = model_dir.saved_vae_config(cfg.train.init_dir)
+            vae = nnx.merge(nnx.graphdef(nnx.eval_shape(lambda: self.make(init_cfg, 0))), nnx.state(vae))
+            model_dir.replace_vae(cfg.train.init_dir, out_dir, vae)
+            return
         encode = jax.jit(lambda p, x: nnx.merge(self.graphdef, p).encode(x))
         z = np.concatenate([np.asarray(encode(params, self.src[i]["video"][None])).reshape(-1, self.vae_cfg.z_dim)
                             for i in range(min(len(self.src), cfg.train.stats_batches))
