@@ -269,7 +269,10 @@ def roundtrip_videos(model_dir: str, stories_path: str, out_dir: str, limit: int
         path = os.path.join(out_dir, s["video"])
         if os.path.exists(path):
             continue
-        frames, fps = read_video(os.path.join(src, s["video"]))
+        video = os.path.join(src, s["video"])
+        if not os.path.isfile(video):
+            raise FileNotFoundError(f"{video}: no video for story {s['video']} of {stories_path}")
+        frames, fps = read_video(video)
         n = len(frames) // len(s["shots"])
         with VideoWriter(path, fps=round(fps)) as w:
             for i in range(len(s["shots"])):

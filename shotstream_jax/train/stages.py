@@ -758,6 +758,8 @@ class EncoderStage(Stage):
     """A network trained alone and replicated (vae, text): the state around `_start()`'s parameters,
     and the step on `loss(params, batch, key) -> (loss, aux)` one example at a time."""
 
+    frozen: tuple = ()   # top-level parameter names held fixed (in state["gen_frozen"])
+
     def _start(self) -> dict:
         """The network's starting parameters (concrete)."""
         raise NotImplementedError
@@ -765,8 +767,6 @@ class EncoderStage(Stage):
     def _shape(self) -> dict:
         """Their ShapeDtypeStructs, without loading or creating anything big."""
         return jax.eval_shape(self._start)
-
-    frozen: tuple = ()   # top-level parameter names held fixed (in state["gen_frozen"])
 
     def _init(self, params):
         trained = {k: v for k, v in params.items() if k not in self.frozen}
