@@ -255,7 +255,6 @@ def roundtrip_videos(model_dir: str, stories_path: str, out_dir: str, limit: int
     Each shot is encoded and decoded alone, as generation decodes it (the decoder's cache starts afresh
     every shot), so scoring `out_dir` gives the VAE's ceiling on every metric. Existing videos are kept.
     """
-    import jax
     from flax import nnx
     from tqdm import tqdm
     from shotstream_jax import model_dir as model_dir_lib
@@ -276,7 +275,7 @@ def roundtrip_videos(model_dir: str, stories_path: str, out_dir: str, limit: int
         n = len(frames) // len(s["shots"])
         with VideoWriter(path, fps=round(fps)) as w:
             for i in range(len(s["shots"])):
-                w.write(np.asarray(jax.device_get(roundtrip(vae, frames[i * n:(i + 1) * n]))))
+                w.write(np.asarray(roundtrip(vae, frames[i * n:(i + 1) * n])))
 
 
 def teacher_story(cfg, sample_shot, encode_video, encode_text, decode, global_caption: str,
